@@ -1,0 +1,33 @@
+"""The pipelines svc-build and svc-deploy know, as an explicit registry (name → Pipeline).
+
+Adding a pipeline: write one module here that defines ``PIPELINE``, add it to ``REGISTRY``, add its model
+classes' schemas to ``schemas/`` and a sample; the tests are parametrized over this registry.
+"""
+
+from __future__ import annotations
+
+from servicemaker.errors import UsageError
+from servicemaker.pipeline import Pipeline
+from servicemaker.pipelines import (intent_slot, punctuation, qa, speech_recognition, speech_synthesis,
+                                    text_classification, token_classification)
+
+REGISTRY: dict[str, Pipeline] = {
+    "text_classification": text_classification.PIPELINE,
+    "token_classification": token_classification.PIPELINE,
+    "intent_slot": intent_slot.PIPELINE,
+    "punctuation": punctuation.PIPELINE,
+    "qa": qa.PIPELINE,
+    "speech_recognition": speech_recognition.PIPELINE,
+    "speech_synthesis": speech_synthesis.PIPELINE,
+}
+
+
+def get_pipeline(name: str) -> Pipeline:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown pipeline '{name}'", hint=f"pipelines: {', '.join(REGISTRY)}") from None
+
+
+def pipelines_for_class(model_class: str) -> list[str]:
+    return [name for name, p in REGISTRY.items() if model_class in p.accepted_classes()]

@@ -1,0 +1,38 @@
+"""qa: QUESTION + CONTEXT → ANSWER, SCORE, ANSWER_START, ANSWER_END (character offsets in CONTEXT)."""
+
+from servicemaker.pipeline import Ensemble, InputSlot, Param, Pipeline, Step, Tensor
+
+from servicemaker.pipelines import _nlp
+
+PIPELINE = Pipeline(
+    name="qa",
+    help="extractive question answering (NeMo QAModel)",
+    inputs=(InputSlot(name="model", model_classes=("QAModel",), primary="nn"),),
+    ensemble_name="riva_qa",
+    components=(
+        _nlp.tokenizer("riva_qa_preprocessor", extra=(
+            Param(name="doc_stride", type="int", min=1, max=4096, default=128, from_config="dataset.doc_stride",
+                  help="token overlap between context windows longer than max_seq_length"),
+            Param(name="max_query_length", type="int", min=1, max=4096, default=64,
+                  from_config="dataset.max_query_length", help="question tokens kept"),
+        )),
+        _nlp.network("riva-{runtime}-riva_qa-nn-{pretrained_model_name}"),
+        _nlp.python("qa_postprocessor", "riva_qa_postprocessor", "best span within the context, as text and offsets",
+                    extra=(Param(name="max_answer_length", type="int", min=1, max=4096, default=30,
+                                 from_config="dataset.max_answer_length", help="longest answer in tokens"),)),
+    ),
+    ensemble=Ensemble(
+        inputs=(Tensor(name="QUESTION", dtype="STRING", dims=(1,)), Tensor(name="CONTEXT", dtype="STRING", dims=(1,))),
+        outputs=(Tensor(name="ANSWER", dtype="STRING", dims=(1,)), Tensor(name="SCORE", dtype="FP32", dims=(1,)),
+                 Tensor(name="ANSWER_START", dtype="INT32", dims=(1,)), Tensor(name="ANSWER_END", dtype="INT32", dims=(1,))),
+        steps=(
+            Step(component="tokenizer", inputs={"QUESTION": "QUESTION", "CONTEXT": "CONTEXT"},
+                 outputs={**_nlp.ENCODED, "token_offsets": "token_offsets"}),
+            Step(component="nn", inputs=dict(_nlp.ENCODED), outputs={"logits": "logits"}),
+            Step(component="qa_postprocessor",
+                 inputs={"logits": "logits", "token_offsets": "token_offsets", "CONTEXT": "CONTEXT"},
+                 outputs={"ANSWER": "ANSWER", "SCORE": "SCORE", "ANSWER_START": "ANSWER_START",
+                          "ANSWER_END": "ANSWER_END"}),
+        ),
+    ),
+)

@@ -1,0 +1,74 @@
+"""svc-samples: write sample exports (``<pipeline>.riva``) into a folder.
+
+    svc-samples OUT_DIR                 MiniLM exports for the five NLP pipelines
+    svc-samples OUT_DIR --tiny          tiny models for all seven pipelines (fast; for tests and smoke runs)
+    svc-samples OUT_DIR -p text_classification
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from servicemaker.cli.common import DEBUG_HELP, err_console, reported_errors
+from servicemaker.errors import UsageError
+
+NLP = ("text_classification", "token_classification", "intent_slot", "punctuation", "qa")
+ALL = NLP + ("speech_recognition", "speech_synthesis")
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+
+def make_samples(out: Path, pipelines: tuple[str, ...], tiny: bool, key: str | None = None) -> list[Path]:
+    from servicemaker.samples import models
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    encoder = tokenizer = None
+    for name in pipelines:
+        if name in NLP:
+            if tiny:
+                written.append(models.tiny_nlp_export(name, out / f"{name}.riva", key=key))
+            else:
+                if encoder is None:
+                    encoder, tokenizer = models.load_minilm()
+                written.append(models.minilm_export(name, out / f"{name}.riva", encoder, tokenizer, key=key))
+        elif name == "speech_recognition":
+            written.append(models.tiny_asr_export(out / "speech_recognition.riva", key=key))
+        elif name == "speech_synthesis":
+            written.extend(models.tiny_tts_exports(out / "fastpitch.riva", out / "hifigan.riva", key=key))
+    return written
+
+
+@app.command()
+def svc_samples(
+    out: Path = typer.Argument(..., help="folder to write the exports into"),
+    pipeline: Optional[List[str]] = typer.Option(None, "-p", "--pipeline", help="only these pipelines"),
+    tiny: bool = typer.Option(False, "--tiny", help="tiny models built in code instead of MiniLM"),
+    key: Optional[str] = typer.Option(None, "--key", help="encrypt the exports (servicemaker AES-256-GCM)"),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Write sample model exports for svc-build."""
+    with reported_errors(debug):
+        names = tuple(pipeline) if pipeline else (ALL if tiny else NLP)
+        for name in names:
+            if name not in ALL:
+                raise UsageError(f"unknown pipeline '{name}'", hint=f"pipelines: {', '.join(ALL)}")
+            if name not in NLP and not tiny:
+                raise UsageError(f"{name} has no MiniLM sample (no speech weights ship offline)",
+                                 hint="add --tiny for a tiny model built in code")
+        started = time.perf_counter()
+        for path in make_samples(out, names, tiny, key):
+            print(path)
+        err_console.print(f"Finished writing samples in {time.perf_counter() - started:.1f} s", markup=False)
+
+
+def main() -> None:
+    app(prog_name="svc-samples")
+
+
+if __name__ == "__main__":
+    main()

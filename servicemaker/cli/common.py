@@ -1,0 +1,85 @@
+"""What the console scripts share: error reporting, exit codes, progress, common options."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from servicemaker.errors import ServiceMakerError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+DEBUG_HELP = "show a traceback on errors"
+SALTS_HELP = "YAML file of legacy EFF cipher salts ('<id>: <64 hex>'); default: $SERVICEMAKER_EFF_SALTS"
+
+
+@contextmanager
+def reported_errors(debug: bool) -> Iterator[None]:
+    """Turn errors into one clear message and the documented exit code; tracebacks only with --debug."""
+    debug = debug or os.environ.get("SERVICEMAKER_DEBUG") == "1"
+    try:
+        yield
+    except ServiceMakerError as err:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {err.message}", markup=True, highlight=False)
+        if err.hint:
+            err_console.print(f"[bold]hint:[/] {err.hint}", markup=True, highlight=False)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - a bug: say so, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"internal error: {type(err).__name__}: {err}", markup=False)
+        err_console.print("this is a bug in servicemaker; run again with --debug and report the traceback",
+                          markup=False)
+        raise typer.Exit(1) from None
+
+
+class RichReporter:
+    """Progress for long steps on a terminal; plain step lines otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.interactive = err_console.is_terminal
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            err_console.print(message, markup=False)
+
+    def track(self, stream: Any, label: str, total: int) -> Any:
+        if self.quiet or not self.interactive or total < (64 << 20):
+            return stream
+        return _Tracked(stream, label, total)
+
+
+class _Tracked:
+    def __init__(self, stream: Any, label: str, total: int) -> None:
+        self._stream = stream
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), console=err_console, transient=True)
+        self._task = self._progress.add_task(label, total=total)
+        self._progress.start()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._progress.advance(self._task, len(data))
+        if not data:
+            self._progress.stop()
+        return data
+
+
+def echo_json(text: str) -> None:
+    sys.stdout.write(text + "\n")

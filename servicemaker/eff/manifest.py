@@ -1,0 +1,57 @@
+"""The EFF manifest: ``{metadata: {...}, artifacts: {<name>: {...props}}}``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from servicemaker import yamlio
+from servicemaker.errors import ArchiveError
+
+MANIFEST_NAME = "manifest.yaml"
+REGISTRY = "artifacts"
+#: An artifact name is one path component: printable, no separators, not '.'/'..'.
+_NAME_RE = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
+
+
+def check_artifact_name(name: str, where: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", "..") or len(name) > 255:
+        raise ArchiveError(f"{where}: artifact name {name!r} is not allowed (one file name: no '/', '\\', "
+                           "control characters, '.' or '..', at most 255 characters)")
+
+
+@dataclass
+class Manifest:
+    metadata: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: bytes, where: str) -> Manifest:
+        try:
+            data = yamlio.load(text)
+        except yamlio.YamlError as err:
+            raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ArchiveError(f"{where}: manifest.yaml must be a mapping with 'metadata' and 'artifacts'")
+        unknown = sorted(str(k) for k in data if k not in ("metadata", "artifacts"))
+        if unknown:
+            raise ArchiveError(f"{where}: manifest.yaml has unknown top-level keys: {', '.join(unknown)}")
+        metadata = data.get("metadata") or {}
+        artifacts = data.get("artifacts") or {}
+        if not isinstance(metadata, dict):
+            raise ArchiveError(f"{where}: manifest.yaml 'metadata' must be a mapping")
+        if not isinstance(artifacts, dict):
+            raise ArchiveError(f"{where}: manifest.yaml 'artifacts' must be a mapping of name to properties")
+        clean: dict[str, dict[str, Any]] = {}
+        for name, props in artifacts.items():
+            check_artifact_name(name, where)
+            if props is None:
+                props = {}
+            if not isinstance(props, dict):
+                raise ArchiveError(f"{where}: properties of artifact '{name}' must be a mapping")
+            clean[name] = props
+        return cls(metadata=metadata, artifacts=clean)
+
+    def dump(self) -> bytes:
+        return yamlio.dump({"metadata": self.metadata, "artifacts": self.artifacts}).encode("utf-8")

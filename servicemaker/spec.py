@@ -1,0 +1,88 @@
+"""The pipeline spec an RMIR carries in its manifest metadata (key ``pipeline_spec``), versioned.
+
+It records everything svc-deploy needs without re-reading the inputs: the pipeline, Triton model names, every
+parameter resolved, each component's bound artifacts (stored name, original name, sha256, size), the ensemble
+graph, and provenance (tool version, input file names and sha256s). No timestamps or absolute paths: the same
+inputs and options give the same spec, and so a byte-identical RMIR.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+
+from servicemaker.errors import SpecVersionError, ValidationError
+from servicemaker.pipeline import Ensemble
+
+SPEC_VERSION = 1
+SPEC_KEY = "pipeline_spec"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactRef(_Model):
+    name: str          # stored name in the RMIR: <component>-<source>
+    source: str        # name in the input archive (or the option's file name)
+    input: str         # input slot, or "option" for files given with --<component>.<param>
+    sha256: str
+    size: int
+
+
+class ComponentSpec(_Model):
+    kind: Literal["python", "network"]
+    model_name: str    # Triton model name; a network's holds "{runtime}", filled by svc-deploy
+    params: dict[str, Any]
+    artifacts: dict[str, ArtifactRef]
+
+
+class InputSpec(_Model):
+    slot: str
+    file: str          # base name only
+    sha256: str        # of the input file as given
+    size: int
+    model_class: str
+    obj_cls: str
+    metadata: dict[str, Any]
+
+
+class Provenance(_Model):
+    tool: str
+    version: str
+
+
+class PipelineSpec(_Model):
+    spec_version: int
+    pipeline: str
+    name: str
+    domain_name: str | None
+    language_code: str
+    components: dict[str, ComponentSpec]
+    ensemble: Ensemble
+    inputs: list[InputSpec]
+    provenance: Provenance
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def read_spec(metadata: dict[str, Any], where: str) -> PipelineSpec:
+    """The spec of an RMIR, refusing one from a newer servicemaker or a malformed one."""
+    raw = metadata.get(SPEC_KEY)
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{where} is not an RMIR (its manifest has no {SPEC_KEY})",
+                              hint="build one with svc-build first")
+    version = raw.get("spec_version")
+    if not isinstance(version, int):
+        raise ValidationError(f"{where}: pipeline spec has no integer spec_version")
+    if version > SPEC_VERSION:
+        raise SpecVersionError(f"{where}: pipeline spec version {version} is newer than this servicemaker reads "
+                               f"({SPEC_VERSION})", hint="upgrade servicemaker, or rebuild the RMIR with this version")
+    try:
+        return PipelineSpec.model_validate(raw)
+    except PydanticValidationError as err:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ValidationError(f"{where}: pipeline spec is malformed", problems) from None
