@@ -92,6 +92,15 @@ def _describe(err: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _hex_prop(value: Any) -> str | None:
+    """A sha256 prop as lowercase hex. Unquoted all-digit hex reads back from YAML as an int: restore it."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).zfill(64)
+    return str(value).strip().lower()
+
+
 class ArtifactStream(io.RawIOBase):
     """Plaintext of one artifact, decoded while read; checks the ``sha256`` prop (or GCM tag) at the end."""
 
@@ -107,7 +116,7 @@ class ArtifactStream(io.RawIOBase):
             raise ArchiveError(f"{where}: artifact '{name}' is shorter than its encryption header")
         self.size = body
         self._left = body
-        self._expected = props.get("sha256")
+        self._expected = _hex_prop(props.get("sha256"))
         self._encrypted = encryption_of(props) is not None
         self._hash = hashlib.sha256()
         self._pending = b""
@@ -159,9 +168,9 @@ class ArtifactStream(io.RawIOBase):
         return bytes(out)
 
     def _verify(self) -> None:
-        if not self._expected:
+        if self._expected is None:
             return
-        if self._hash.hexdigest() != str(self._expected).lower():
+        if self._hash.hexdigest() != self._expected:
             if self._encrypted:
                 raise WrongKeyError(f"{self._where}: wrong key for artifact '{self._name}' (the sha256 of the "
                                     "decrypted content does not match the manifest)",

@@ -1,0 +1,26 @@
+# Two entry points, both doing all set-up themselves on a fresh machine (a venv in .venv):
+#   make demo   — sample MiniLM export → svc-build → svc-inspect
+#   make test   — the test suite (CPU only)
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo-out
+
+.PHONY: demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/svc-samples $(DEMO) -p text_classification
+	$(BIN)/svc-build text_classification $(DEMO)/text_classification.rmir $(DEMO)/text_classification.riva \
+		--domain_name=weather -f
+	$(BIN)/svc-inspect $(DEMO)/text_classification.rmir
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info
