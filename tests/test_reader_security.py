@@ -16,8 +16,8 @@ from servicemaker.errors import ArchiveError, NotFoundError, UnsafeArchiveError
 MANIFEST = b"metadata: {format_version: 3, obj_cls: a.B}\nartifacts: {x.txt: {encryption: false}}\n"
 
 
-def make(path: Path, members: list[tuple], compress: bool = True) -> Path:
-    """members: (name, data) regular files, or (name, TarInfo-type, linkname) specials."""
+def tar_bytes(members: list[tuple]) -> bytes:
+    """An uncompressed tar. members: (name, data) regular files, or (name, TarInfo-type, linkname) specials."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
         for m in members:
@@ -28,7 +28,11 @@ def make(path: Path, members: list[tuple], compress: bool = True) -> Path:
             else:
                 info.type, info.linkname = m[1], m[2]
                 tf.addfile(info)
-    path.write_bytes(gzip.compress(buf.getvalue()) if compress else buf.getvalue())
+    return buf.getvalue()
+
+
+def make(path: Path, members: list[tuple]) -> Path:
+    path.write_bytes(gzip.compress(tar_bytes(members)))
     return path
 
 
@@ -209,20 +213,7 @@ def test_extract_stays_inside(tmp_path):
 # -- .onnx.tar -----------------------------------------------------------------------------------------------------------
 
 def _inner(members) -> io.BytesIO:
-    p = Path("/dev/null")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for m in members:
-            info = tarfile.TarInfo(m[0])
-            if len(m) == 2:
-                info.size = len(m[1])
-                tf.addfile(info, io.BytesIO(m[1]))
-            else:
-                info.type, info.linkname = m[1], m[2]
-                tf.addfile(info)
-    buf.seek(0)
-    del p
-    return buf
+    return io.BytesIO(tar_bytes(members))
 
 
 def test_onnx_tar_scan_and_extract(tmp_path):
