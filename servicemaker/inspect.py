@@ -6,9 +6,9 @@ documented in docs/cli.md); ``verify=True`` also decrypts every artifact and che
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
+from servicemaker.build import sha256_file
 from servicemaker.eff.codecs import KeyRing, SaltTable, describe_encryption, encryption_of
 from servicemaker.eff.reader import EffReader
 from servicemaker.keys import ArchiveArg, fallback_key
@@ -19,12 +19,8 @@ _HIDDEN_PROPS = {"salt", "nonce", "key_check", "kdf", "kdf_n", "kdf_r", "kdf_p"}
 
 
 def inspect_archive(arg: ArchiveArg, salts: SaltTable | None = None, verify: bool = False) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(arg.path, "rb") if arg.path.is_file() else _nullctx() as fh:
-        if fh is not None:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
     with EffReader(arg.path, ring=KeyRing(key=arg.key or fallback_key(), salts=salts)) as reader:
+        file_sha256, file_size = sha256_file(arg.path)
         artifacts = []
         for name, props in reader.artifacts.items():
             stored = reader.stored_size(name)
@@ -45,8 +41,8 @@ def inspect_archive(arg: ArchiveArg, salts: SaltTable | None = None, verify: boo
         return {
             "format": INSPECT_FORMAT,
             "file": arg.path.name,
-            "file_size": arg.path.stat().st_size,
-            "file_sha256": h.hexdigest(),
+            "file_size": file_size,
+            "file_sha256": file_sha256,
             "kind": "rmir" if spec is not None else "export",
             "layout": reader.layout,
             "metadata": metadata,
@@ -54,11 +50,3 @@ def inspect_archive(arg: ArchiveArg, salts: SaltTable | None = None, verify: boo
             "pipeline_spec": spec,
             "verified": verify,
         }
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
