@@ -9,9 +9,9 @@ ENCODED = {"input_ids": "input_ids", "token_type_ids": "token_type_ids", "attent
 WORDS = {"word_ids": "word_ids", "words": "words"}
 
 
-def tokenizer(model_name: str, *, extra: tuple[Param, ...] = ()) -> Component:
+def tokenizer(model_name: str, *, extra: tuple[Param, ...] = (), handler: str = "tokenize") -> Component:
     return Component(
-        name="tokenizer", kind="python", model_name=model_name,
+        name="tokenizer", kind="python", model_name=model_name, handler=handler,
         help="WordPiece tokenization of the request text (Python backend, `tokenizers`)",
         params=tokenizer_params() + extra,
         binds=(Bind(role="vocab", config_key="tokenizer.vocab_file"),),
@@ -20,7 +20,7 @@ def tokenizer(model_name: str, *, extra: tuple[Param, ...] = ()) -> Component:
 
 def network(model_name: str) -> Component:
     return Component(
-        name="nn", kind="network", model_name=model_name,
+        name="nn", kind="network", model_name=model_name, handler="onnx",
         help="the exported BERT-family network (TensorRT plan or ONNX Runtime)",
         params=network_params(),
         binds=(
@@ -31,7 +31,7 @@ def network(model_name: str) -> Component:
     )
 
 
-def python(name: str, model_name: str, help: str, binds: tuple[Bind, ...] = (),
+def python(name: str, model_name: str, help: str, *, handler: str, binds: tuple[Bind, ...] = (),
            extra: tuple[Param, ...] = ()) -> Component:
     return Component(name=name, kind="python", model_name=model_name, help=help, params=serving_params() + extra,
-                     binds=binds)
+                     binds=binds, handler=handler)

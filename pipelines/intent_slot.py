@@ -13,10 +13,10 @@ PIPELINE = Pipeline(
     components=(
         _nlp.tokenizer("intent_slot_tokenizer-{domain_name}"),
         _nlp.network("riva-{runtime}-riva_intent_{domain_name}-nn-{pretrained_model_name}"),
-        _nlp.python("label_tokens", "intent_slot_label_tokens_{domain_name}", "intent and per-token slot decoding",
+        _nlp.python("label_tokens", "intent_slot_label_tokens_{domain_name}", "intent and per-token slot decoding", handler="intent_slots",
                     binds=(Bind(role="intent_labels", config_key="class_labels.intent_labels_file"),
                            Bind(role="slot_labels", config_key="class_labels.slot_labels_file"))),
-        _nlp.python("detokenizer", "intent_slot_detokenizer", "merge subword slots back onto the input words"),
+        _nlp.python("detokenizer", "intent_slot_detokenizer", "merge subword slots back onto the input words", handler="slot_words"),
     ),
     ensemble=Ensemble(
         inputs=(_nlp.TEXT,),

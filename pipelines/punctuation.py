@@ -12,11 +12,11 @@ PIPELINE = Pipeline(
     components=(
         _nlp.tokenizer("riva_punctuation_tokenizer"),
         _nlp.network("riva-{runtime}-riva_punctuation-nn-{pretrained_model_name}"),
-        _nlp.python("label_tokens", "riva_punctuation_label_tokens", "per-token punctuation and capitalization labels",
+        _nlp.python("label_tokens", "riva_punctuation_label_tokens", "per-token punctuation and capitalization labels", handler="punct_labels",
                     binds=(Bind(role="punct_labels", config_key="class_labels.punct_labels_file"),
                            Bind(role="capit_labels", config_key="class_labels.capit_labels_file"))),
         _nlp.python("detokenizer", "riva_punctuation_detokenizer",
-                    "apply the labels of each word's first subword and join the words"),
+                    "apply the labels of each word's first subword and join the words", handler="punct_words"),
     ),
     ensemble=Ensemble(
         inputs=(_nlp.TEXT,),

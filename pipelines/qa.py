@@ -10,14 +10,14 @@ PIPELINE = Pipeline(
     inputs=(InputSlot(name="model", model_classes=("QAModel",), primary="nn"),),
     ensemble_name="riva_qa",
     components=(
-        _nlp.tokenizer("riva_qa_preprocessor", extra=(
+        _nlp.tokenizer("riva_qa_preprocessor", handler="tokenize_qa", extra=(
             Param(name="doc_stride", type="int", min=1, max=4096, default=128, from_config="dataset.doc_stride",
                   help="token overlap between context windows longer than max_seq_length"),
             Param(name="max_query_length", type="int", min=1, max=4096, default=64,
                   from_config="dataset.max_query_length", help="question tokens kept"),
         )),
         _nlp.network("riva-{runtime}-riva_qa-nn-{pretrained_model_name}"),
-        _nlp.python("qa_postprocessor", "riva_qa_postprocessor", "best span within the context, as text and offsets",
+        _nlp.python("qa_postprocessor", "riva_qa_postprocessor", "best span within the context, as text and offsets", handler="qa_span",
                     extra=(Param(name="max_answer_length", type="int", min=1, max=4096, default=30,
                                  from_config="dataset.max_answer_length", help="longest answer in tokens"),)),
     ),

@@ -14,7 +14,7 @@ PIPELINE = Pipeline(
         _nlp.tokenizer("text_classification_tokenizer_{domain_name}"),
         _nlp.network("riva-{runtime}-riva_text_classification_{domain_name}-nn-{pretrained_model_name}"),
         _nlp.python("label_tokens", "text_classification_label_tokens_{domain_name}",
-                    "softmax and label lookup (labels file, else the class index)",
+                    "softmax and label lookup (labels file, else the class index)", handler="classify",
                     binds=(Bind(role="labels", config_key="class_labels.class_labels_file", required=False),)),
     ),
     ensemble=Ensemble(

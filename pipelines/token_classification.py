@@ -12,10 +12,10 @@ PIPELINE = Pipeline(
     components=(
         _nlp.tokenizer("token_classification_tokenizer"),
         _nlp.network("riva-{runtime}-riva_ner-nn-{pretrained_model_name}"),
-        _nlp.python("label_tokens", "token_classification_label_tokens", "per-token label and score",
+        _nlp.python("label_tokens", "token_classification_label_tokens", "per-token label and score", handler="label_tokens",
                     binds=(Bind(role="labels", config_key="class_labels.class_labels_file"),)),
         _nlp.python("detokenizer", "token_classification_detokenizer",
-                    "merge subword labels back onto the input words (first subword decides)"),
+                    "merge subword labels back onto the input words (first subword decides)", handler="ner_words"),
     ),
     ensemble=Ensemble(
         inputs=(_nlp.TEXT,),

@@ -49,7 +49,7 @@ class Reporter(Protocol):
     def track(self, stream: Any, label: str, total: int) -> Any: ...
 
 
-class _Silent:
+class SilentReporter:
     def step(self, message: str) -> None:
         pass
 
@@ -184,7 +184,7 @@ def _sanitize(value: str) -> str:
 
 def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Run svc-build. Raises a :class:`ServiceMakerError` on any bad input; never leaves a partial output."""
-    rep = reporter or _Silent()
+    rep = reporter or SilentReporter()
     started = time.perf_counter()
     pipeline = get_pipeline(opts.pipeline)
     overrides = check_overrides(pipeline, opts.overrides)

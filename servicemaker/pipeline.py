@@ -120,6 +120,9 @@ class Component(_Frozen):
     help: str
     params: tuple[Param, ...] = ()
     binds: tuple[Bind, ...] = ()
+    #: for python components (and the network on the onnxruntime-python target): the handler in
+    #: ``servicemaker/runtime/handlers.py`` that svc-deploy wires into the Triton model
+    handler: str | None = None
     #: Triton model name; ``{domain_name}``, ``{language_code}``, ``{pretrained_model_name}`` and (for the network,
     #: filled at deploy) ``{runtime}`` are replaced.
     model_name: str

@@ -1,0 +1,611 @@
+"""svc-deploy: RMIR(s) → a Triton model repository.
+
+Deploy is an explicit, ordered list of named steps (:data:`STEPS`), each returning a typed :class:`StepResult`.
+Everything is written into a staging folder beside the repository first; only the last steps move finished model
+folders into the repository (one ``rename`` each) and write ``deploy_status.json``. So a deploy that fails — wrong
+key, missing artifact, a graph that does not fit, a newer spec — leaves the repository exactly as it was.
+
+Without ``force``, model folders that already exist are kept and reported; with ``force`` only the models of the
+given RMIRs are replaced. Other models in the repository are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from servicemaker import __version__
+from servicemaker.build import Reporter, SilentReporter, sha256_file
+from servicemaker.deploy import graph as graphs
+from servicemaker.deploy import tensorrt
+from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
+from servicemaker.eff import onnx_tar
+from servicemaker.eff.codecs import KeyRing, SaltTable
+from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
+from servicemaker.eff.reader import EffReader
+from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
+from servicemaker.keys import ArchiveArg, fallback_key
+from servicemaker.pipeline import Component, Pipeline
+from servicemaker.pipelines import get_pipeline
+from servicemaker.runtime import handlers as runtime
+from servicemaker.spec import ComponentSpec, PipelineSpec, read_spec
+
+TARGETS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-python")
+#: the ``{runtime}`` part of network model names, as Riva names them
+RUNTIME_TAG = {"tensorrt": "trt", "onnxruntime": "onnx", "onnxruntime-python": "onnx"}
+STATUS_FILE = "deploy_status.json"
+STATUS_FORMAT = "servicemaker.deploy_status/1"
+REQUIREMENTS_FILE = "requirements.txt"
+HANDLER_FILE = "svc_handlers.py"
+VERSION = "1"
+#: what the Python-backend models import; written to the repository's requirements.txt
+REQUIREMENTS = {"numpy": "numpy<2", "tokenizers": "tokenizers>=0.15", "onnxruntime": "onnxruntime>=1.17"}
+SERVING_PARAMS = {"max_batch_size", "instance_group_count", "max_queue_delay_microseconds"}
+
+
+@dataclass
+class DeployOptions:
+    rmirs: list[ArchiveArg]
+    repo: Path
+    force: bool = False
+    target: str = "auto"
+    salts: SaltTable | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str           # OK | SKIPPED | FAILED
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelPlan:
+    """One Triton model folder to write."""
+
+    name: str
+    rmir: RmirPlan
+    component: str                    # component name, or "ensemble"
+    action: str = "write"             # write | replace | keep
+    fingerprint: str = ""
+    files: dict[str, Path] = field(default_factory=dict)   # version-folder file → staged source
+    config: ModelConfigSpec | None = None
+    config_text: str = ""
+    parsed: Any = None
+
+
+@dataclass
+class RmirPlan:
+    arg: ArchiveArg
+    reader: EffReader
+    spec: PipelineSpec
+    pipeline: Pipeline
+    sha256: str
+    size: int
+    models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
+    signature: graphs.Signature | None = None
+    graph_path: Path | None = None
+
+
+@dataclass
+class DeployResult:
+    repo: Path
+    target: str
+    written: list[str]
+    replaced: list[str]
+    kept: list[str]
+    steps: list[StepResult]
+    seconds: float
+
+
+class _Deploy:
+    """The state the steps share."""
+
+    def __init__(self, opts: DeployOptions, reporter: Reporter, stack: ExitStack) -> None:
+        self.opts = opts
+        self.rep = reporter
+        self.stack = stack
+        self.target = opts.target
+        self.instance_kind = "KIND_CPU"
+        self.rmirs: list[RmirPlan] = []
+        self.models: dict[str, ModelPlan] = {}
+        self.stage: Path | None = None
+        self.results: list[StepResult] = []
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def staged(self, plan: ModelPlan) -> Path:
+        assert self.stage is not None
+        folder = self.stage / "models" / plan.name / VERSION
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def work(self, rmir: RmirPlan) -> Path:
+        assert self.stage is not None
+        folder = self.stage / "work" / rmir.sha256[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def live(self) -> list[ModelPlan]:
+        """Models this deploy writes (kept ones excluded), each once."""
+        return [m for m in self.models.values() if m.action != "keep"]
+
+
+# --- the steps -------------------------------------------------------------------------------------------------------
+
+def choose_target(d: _Deploy) -> dict[str, Any]:
+    """Resolve ``auto``; for tensorrt make sure an engine can be built before anything is written."""
+    if d.target not in TARGETS:
+        raise UsageError(f"--target={d.target}: expected one of {', '.join(TARGETS)}")
+    reason = tensorrt.missing()
+    if d.target == "auto":
+        d.target = "tensorrt" if reason is None else "onnxruntime"
+    if d.target == "tensorrt":
+        tensorrt.require()
+        d.instance_kind = "KIND_GPU"
+    elif d.target == "onnxruntime" and reason is None:
+        d.instance_kind = "KIND_GPU"
+    return {"target": d.target, "instance_kind": d.instance_kind, "tensorrt": reason or "available"}
+
+
+def read_rmirs(d: _Deploy) -> dict[str, Any]:
+    """Open every RMIR (key checked here), read its pipeline spec, check every artifact it names is present."""
+    seen: dict[str, str] = {}
+    for arg in d.opts.rmirs:
+        if not arg.path.is_file():
+            raise NotFoundError(f"RMIR {arg.shown} does not exist", hint="build one with svc-build")
+        digest, size = sha256_file(arg.path)
+        if digest in seen:
+            raise UsageError(f"{arg.shown} and {seen[digest]} are the same RMIR")
+        seen[digest] = arg.shown
+        d.rep.step(f"Reading {arg.shown}")
+        reader = d.stack.enter_context(EffReader(arg.path, ring=KeyRing(key=arg.key or fallback_key(),
+                                                                        salts=d.opts.salts), limits=d.opts.limits))
+        spec = read_spec(reader.metadata, arg.shown)
+        pipeline = get_pipeline(spec.pipeline)
+        unsupported = [c.name for c in pipeline.components if c.handler is None]
+        if unsupported:
+            raise ValidationError(f"{arg.shown}: svc-deploy cannot deploy the {spec.pipeline} pipeline yet "
+                                  f"(no Triton model for {', '.join(unsupported)})",
+                                  hint="deployable pipelines: text_classification, token_classification, "
+                                       "intent_slot, punctuation, qa")
+        missing = [f"{comp}.{role}: {ref.name}" for comp, cs in spec.components.items()
+                   for role, ref in cs.artifacts.items() if ref.name not in reader.artifacts]
+        unknown = sorted(set(spec.components) ^ {c.name for c in pipeline.components})
+        if unknown:
+            raise ValidationError(f"{arg.shown}: its spec's components do not match pipeline {spec.pipeline}",
+                                  [f"component {c}" for c in unknown], hint="rebuild the RMIR with this svc-build")
+        if missing:
+            raise NotFoundError(f"{arg.shown} lacks artifacts its pipeline spec names: {'; '.join(missing)}",
+                                hint="the RMIR is damaged or was edited; rebuild it with svc-build")
+        d.rmirs.append(RmirPlan(arg=arg, reader=reader, spec=spec, pipeline=pipeline, sha256=digest, size=size))
+    return {"rmirs": [{"file": r.arg.path.name, "sha256": r.sha256, "pipeline": r.spec.pipeline,
+                       "name": r.spec.name} for r in d.rmirs]}
+
+
+def _model_name(comp: ComponentSpec, target: str) -> str:
+    return comp.model_name.replace("{runtime}", RUNTIME_TAG[target])
+
+
+def _fingerprint(rmir: RmirPlan, comp: str, target: str) -> str:
+    if comp == "ensemble":
+        payload: Any = [rmir.sha256, "ensemble"]
+    else:
+        cs = rmir.spec.components[comp]
+        payload = [cs.kind, rmir.pipeline.component(comp).handler, cs.params,
+                   {role: ref.sha256 for role, ref in cs.artifacts.items()}, target if cs.kind == "network" else ""]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_models(d: _Deploy) -> dict[str, Any]:
+    """Name every model; decide write / replace / keep; refuse two different models under one name."""
+    repo = d.opts.repo
+    if repo.exists() and not repo.is_dir():
+        raise UsageError(f"{repo} exists and is not a folder", hint="give a model repository folder")
+    for rmir in d.rmirs:
+        names = {c: _model_name(cs, d.target) for c, cs in rmir.spec.components.items()}
+        names["ensemble"] = rmir.spec.name
+        for comp, name in names.items():
+            plan = ModelPlan(name=name, rmir=rmir, component=comp, fingerprint=_fingerprint(rmir, comp, d.target))
+            other = d.models.get(name)
+            if other is not None:
+                if other.fingerprint != plan.fingerprint:
+                    raise UsageError(f"model {name} would come from both {other.rmir.arg.shown} and "
+                                     f"{rmir.arg.shown}, differently",
+                                     hint="give one of the pipelines another --name/--domain_name at svc-build")
+                rmir.models[comp] = other
+                continue
+            if (repo / name).exists():
+                plan.action = "replace" if d.opts.force else "keep"
+            rmir.models[comp] = plan
+            d.models[name] = plan
+    kept = sorted(m.name for m in d.models.values() if m.action == "keep")
+    for name in kept:
+        d.rep.step(f"Keeping existing model {name} (pass -f to replace it)")
+    return {"models": {m.name: m.action for m in d.models.values()}}
+
+
+def _safe_dest(source: str, role: str) -> str:
+    """A version-folder file name for an artifact: the role plus the source's extension."""
+    ext = "".join(Path(source).suffixes[-1:]) if Path(source).suffix else ""
+    ext = ext if ext.replace(".", "").isalnum() and len(ext) <= 8 else ""
+    return f"{role}{ext}"
+
+
+def extract_artifacts(d: _Deploy) -> dict[str, Any]:
+    """Decrypt and verify every artifact the written models need into the staging folder."""
+    count = 0
+    for rmir in d.rmirs:
+        work = d.work(rmir)
+        for comp, cs in rmir.spec.components.items():
+            plan = rmir.models[comp]
+            if plan.action == "keep" and cs.kind != "network":
+                continue
+            for role, ref in cs.artifacts.items():
+                if cs.kind == "network" and role != "graph":
+                    continue  # the model config and LM config were checked by svc-build; Triton needs the graph
+                d.rep.step(f"Extracting {ref.name}")
+                if ref.source.endswith(".onnx.tar"):
+                    target = work / f"{comp}-{role}"
+                    target.mkdir(exist_ok=True)
+                    stream = d.rep.track(rmir.reader.open(ref.name), f"Extracting {ref.name}", ref.size)
+                    path = onnx_tar.extract(stream, target, f"{rmir.arg.shown}:{ref.name}", d.opts.limits)
+                else:
+                    path = rmir.reader.extract(ref.name, work, as_name=f"{comp}-{role}")
+                    digest, _ = sha256_file(path)
+                    if digest != ref.sha256:
+                        raise ValidationError(f"{rmir.arg.shown}: artifact {ref.name} does not match the sha256 its "
+                                              "pipeline spec records", hint="the RMIR was altered; rebuild it")
+                if cs.kind == "network" and role == "graph":
+                    rmir.graph_path = path
+                else:
+                    plan.files[_safe_dest(ref.source, role)] = path
+                count += 1
+    return {"artifacts": count}
+
+
+def _handler(rmir: RmirPlan, comp: str) -> type[runtime.Handler]:
+    name = rmir.pipeline.component(comp).handler
+    assert name is not None
+    return runtime.HANDLERS[name]  # type: ignore[return-value]
+
+
+def _decls(decls: tuple[runtime.TensorDecl, ...]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (dtype, tuple(dims)) for name, dtype, dims in decls}
+
+
+def check_graphs(d: _Deploy) -> dict[str, Any]:
+    """Read each network's signature and check it fits between its tokenizer and its decoders."""
+    out: dict[str, Any] = {}
+    for rmir in d.rmirs:
+        assert rmir.graph_path is not None
+        model = graphs.load(rmir.graph_path)
+        where = f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}"
+        sig = graphs.signature(model, where)
+        steps = rmir.spec.ensemble.steps
+        nn_step = next(s for s in steps if s.component == "nn")
+        producer = next(s for s in steps if nn_step.inputs and set(nn_step.inputs.values()) & set(s.outputs.values()))
+        feeds = {k: v for k, v in _decls(_handler(rmir, producer.component).OUTPUTS).items() if k in producer.outputs}
+        needs: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for out_name, tensor in nn_step.outputs.items():
+            for step in steps:
+                if step.component == "nn":
+                    continue
+                consumer = _decls(_handler(rmir, step.component).INPUTS)
+                for key, src in step.inputs.items():
+                    if src == tensor:
+                        needs[out_name] = consumer[key]
+        problems = graphs.check_fits(sig, feeds, needs, where)
+        problems += _label_counts(rmir, sig)
+        if problems:
+            raise ValidationError(f"{where} does not fit pipeline {rmir.spec.pipeline}", problems,
+                                  hint="export the model with the inputs/outputs docs/deploy.md lists")
+        rmir.signature = sig
+        out[rmir.spec.name] = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
+        del model
+    return out
+
+
+def _label_counts(rmir: RmirPlan, sig: graphs.Signature) -> list[str]:
+    """Each labels file must have as many labels as its network output has classes."""
+    problems = []
+    steps = rmir.spec.ensemble.steps
+    nn_tensors = {tensor: out for out, tensor in next(s for s in steps if s.component == "nn").outputs.items()}
+    for step in steps:
+        if step.component == "nn":
+            continue
+        plan = rmir.models[step.component]
+        for key, role in _handler(rmir, step.component).LABELS.items():
+            ref = rmir.spec.components[step.component].artifacts.get(role)
+            out = sig.output(nn_tensors.get(step.inputs.get(key, ""), ""))
+            path = plan.files.get(_safe_dest(ref.source, role)) if ref is not None else None
+            if path is None or out is None or not isinstance(out.shape[-1], int):
+                continue
+            count = len(runtime.read_labels(str(path)))
+            if count != out.shape[-1]:
+                problems.append(f"{ref.source} lists {count} labels but {out.name} has {out.shape[-1]} classes")
+    return problems
+
+
+def _max_seq_length(rmir: RmirPlan) -> int:
+    return int(rmir.spec.components["tokenizer"].params["max_seq_length"])
+
+
+def prepare_networks(d: _Deploy) -> dict[str, Any]:
+    """Constant-fold each graph and write it for the target: model.onnx, or a TensorRT model.plan."""
+    out: dict[str, Any] = {}
+    for rmir in d.rmirs:
+        plan = rmir.models["nn"]
+        if plan.action == "keep":
+            continue
+        assert rmir.graph_path is not None and rmir.signature is not None
+        started = time.perf_counter()
+        d.rep.step(f"Folding constants of {plan.name}")
+        folded = graphs.fold_constants(graphs.load(rmir.graph_path))
+        folder = d.staged(plan)
+        if d.target == "tensorrt":
+            onnx_path = d.work(rmir) / "model.onnx"
+            graphs.save(folded, onnx_path)
+            params = rmir.spec.components["nn"].params
+            settings = tensorrt.EngineSettings(
+                profile=tensorrt.profile_for([t.name for t in rmir.signature.inputs], int(params["max_batch_size"]),
+                                             _max_seq_length(rmir)),
+                fp16=params.get("precision", "fp16") != "fp32", sparse_weights=params.get("sparsity") == "2:4",
+                workspace_mib=int(params.get("max_workspace_size", 4096)),
+                timing_cache=_cache_dir() / "tensorrt-timing.cache")
+            d.rep.step(f"Building TensorRT engine for {plan.name}")
+            size = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
+            d.rep.step(f"Finished engine building in {time.perf_counter() - started:.1f} s")
+            out[plan.name] = {"file": "model.plan", "bytes": size}
+        else:
+            written = graphs.save(folded, folder / "model.onnx")
+            out[plan.name] = {"file": "model.onnx", "bytes": sum(p.stat().st_size for p in written),
+                              "nodes": len(folded.graph.node)}
+        out[plan.name]["seconds"] = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _cache_dir() -> Path:
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "servicemaker"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
+    cs = rmir.spec.components[comp]
+    component: Component = rmir.pipeline.component(comp)
+    params = cs.params
+    plan = rmir.models[comp]
+    common = dict(name=plan.name, max_batch_size=int(params["max_batch_size"]),
+                  instance_count=int(params["instance_group_count"]),
+                  queue_delay_us=int(params["max_queue_delay_microseconds"]))
+    if cs.kind == "network":
+        assert rmir.signature is not None
+        ins = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.inputs]
+        outs = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.outputs]
+        comment = f"{rmir.spec.pipeline} network from {rmir.arg.path.name}, target {d.target}"
+        if d.target == "onnxruntime-python":
+            return ModelConfigSpec(template="python", inputs=ins, outputs=outs, comment=comment,
+                                   parameters={"handler": "onnx", "model": "model.onnx"}, **common)
+        return ModelConfigSpec(template=d.target, inputs=ins, outputs=outs, comment=comment,
+                               instance_kind=d.instance_kind, **common)
+    handler = _handler(rmir, comp)
+    parameters = {"handler": component.handler or ""}
+    for key, value in params.items():
+        if key not in SERVING_PARAMS and value is not None:
+            parameters[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    for role, ref in cs.artifacts.items():
+        parameters[role] = _safe_dest(ref.source, role)
+    return ModelConfigSpec(
+        template="python", comment=f"{rmir.spec.pipeline} {comp}: {component.help}",
+        inputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler.INPUTS],
+        outputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler.OUTPUTS],
+        parameters=parameters, **common)
+
+
+def _ensemble_spec(rmir: RmirPlan) -> ModelConfigSpec:
+    ens = rmir.spec.ensemble
+    assert rmir.signature is not None
+    graph_inputs = {t.name for t in rmir.signature.inputs}
+    steps = []
+    for step in ens.steps:
+        inputs = dict(step.inputs)
+        if step.component == "nn":
+            inputs = {k: v for k, v in inputs.items() if k in graph_inputs}
+        steps.append(EnsembleStep(model_name=rmir.models[step.component].name, input_map=inputs,
+                                  output_map=dict(step.outputs)))
+    batch = min(int(cs.params["max_batch_size"]) for cs in rmir.spec.components.values())
+    return ModelConfigSpec(
+        name=rmir.spec.name, template="ensemble", max_batch_size=batch,
+        comment=f"{rmir.spec.pipeline} ensemble from {rmir.arg.path.name}",
+        inputs=[TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.inputs],
+        outputs=[TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.outputs], steps=steps)
+
+
+def render_configs(d: _Deploy) -> dict[str, Any]:
+    """Render every config.pbtxt from its template, parse it as ModelConfig, check each ensemble's wiring."""
+    for rmir in d.rmirs:
+        for comp, plan in rmir.models.items():
+            if plan.config is not None:
+                continue
+            plan.config = _ensemble_spec(rmir) if comp == "ensemble" else _spec_for(d, rmir, comp)
+            plan.config_text, plan.parsed = render(plan.config)
+        # Kept models are checked too: a kept model that no longer fits is reported, not silently wired in.
+        members = {m.name: m.parsed for c, m in rmir.models.items() if c != "ensemble"}
+        problems = check_ensemble(rmir.models["ensemble"].parsed, members)
+        if problems:
+            raise ValidationError(f"the {rmir.spec.name} ensemble would not load in Triton", problems,
+                                  hint="this is a bug in servicemaker or the pipeline definition; report it")
+    return {"configs": len([m for m in d.models.values() if m.action != "keep"])}
+
+
+def write_models(d: _Deploy) -> dict[str, Any]:
+    """Write config.pbtxt and the version folder of every model (Python glue, handlers, artifacts)."""
+    glue = resources.files("servicemaker.templates") / "python" / "model.py"
+    handlers_src = Path(runtime.__file__)
+    for plan in d.live():
+        folder = d.staged(plan)
+        (folder.parent / "config.pbtxt").write_text(plan.config_text, encoding="utf-8")
+        assert plan.config is not None
+        if plan.config.template == "python":
+            (folder / "model.py").write_text(glue.read_text(encoding="utf-8"), encoding="utf-8")
+            shutil.copyfile(handlers_src, folder / HANDLER_FILE)
+        for dest, src in plan.files.items():
+            shutil.copyfile(src, folder / dest)
+        for path in folder.parent.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        folder.parent.chmod(0o755)
+    return {"models": sorted(m.name for m in d.live())}
+
+
+def _requirements(d: _Deploy) -> list[str]:
+    needed = set()
+    for plan in d.live():
+        if plan.config is not None and plan.config.template == "python":
+            handler = plan.config.parameters.get("handler")
+            needed.update({"numpy", "tokenizers"} if handler != "onnx" else {"numpy", "onnxruntime"})
+    return sorted(REQUIREMENTS[n] for n in needed)
+
+
+def commit(d: _Deploy) -> dict[str, Any]:
+    """Move the finished model folders into the repository, one rename each; merge requirements.txt."""
+    assert d.stage is not None
+    repo = d.opts.repo
+    repo.mkdir(parents=True, exist_ok=True)
+    old = d.stage / "replaced"
+    old.mkdir()
+    moved: list[tuple[ModelPlan, bool]] = []
+    try:
+        for plan in d.live():
+            dest = repo / plan.name
+            had = dest.exists()
+            if had:
+                os.rename(dest, old / plan.name)
+            os.rename(d.stage / "models" / plan.name, dest)
+            moved.append((plan, had))
+    except OSError as err:
+        for plan, had in reversed(moved):  # put the repository back as it was
+            shutil.rmtree(repo / plan.name, ignore_errors=True)
+            if had:
+                os.rename(old / plan.name, repo / plan.name)
+        raise ServiceMakerError(f"cannot write model folders into {repo}: {err}",
+                                hint="check the folder's permissions and free space") from None
+    req = repo / REQUIREMENTS_FILE
+    lines = set(_requirements(d))
+    if req.exists():
+        lines |= {ln.strip() for ln in req.read_text(encoding="utf-8").splitlines() if ln.strip()}
+    if lines:
+        _atomic_write(req, "".join(sorted(f"{ln}\n" for ln in lines if not ln.startswith("#"))), d.stage)
+    return {"written": [p.name for p, had in moved if not had], "replaced": [p.name for p, had in moved if had]}
+
+
+def _atomic_write(path: Path, text: str, scratch: Path) -> None:
+    tmp = scratch / f".{path.name}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
+STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
+    ("choose_target", choose_target),
+    ("read_rmirs", read_rmirs),
+    ("plan_models", plan_models),
+    ("extract_artifacts", extract_artifacts),
+    ("check_graphs", check_graphs),
+    ("prepare_networks", prepare_networks),
+    ("render_configs", render_configs),
+    ("write_models", write_models),
+    ("commit", commit),
+]
+
+
+def _versions() -> dict[str, str]:
+    out = {"servicemaker": __version__, "python": platform.python_version()}
+    for dist in ("onnx", "onnxruntime", "onnx-graphsurgeon", "tokenizers", "numpy", "tensorrt", "polygraphy"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_status(d: _Deploy, seconds: float) -> None:
+    assert d.stage is not None
+    path = d.opts.repo / STATUS_FILE
+    previous: dict[str, Any] = {}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")).get("models", {})
+        except (ValueError, AttributeError):
+            previous = {}
+    models = dict(previous) if isinstance(previous, dict) else {}
+    for plan in d.models.values():
+        if plan.action == "keep":
+            continue
+        models[plan.name] = {"pipeline": plan.rmir.spec.pipeline, "component": plan.component,
+                             "rmir": plan.rmir.arg.path.name, "rmir_sha256": plan.rmir.sha256, "target": d.target}
+    status = {
+        "format": STATUS_FORMAT,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": d.target,
+        "force": d.opts.force,
+        "seconds": round(seconds, 3),
+        "versions": _versions(),
+        "inputs": [{"file": r.arg.path.name, "sha256": r.sha256, "size": r.size, "pipeline": r.spec.pipeline,
+                    "name": r.spec.name, "spec_version": r.spec.spec_version} for r in d.rmirs],
+        "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3), **s.detail}
+                  for s in d.results],
+        "models": dict(sorted(models.items())),
+    }
+    _atomic_write(path, json.dumps(status, indent=2) + "\n", d.stage)
+
+
+def _staging_parent(repo: Path) -> Path:
+    """The nearest existing folder at or above the repository's parent (renames stay on one filesystem)."""
+    parent = repo.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
+def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResult:
+    """Run svc-deploy. On any error the repository is left as it was."""
+    rep = reporter or SilentReporter()
+    started = time.perf_counter()
+    if not opts.rmirs:
+        raise UsageError("no RMIR given", hint="svc-deploy IN.rmir[:KEY]... REPOSITORY")
+    with ExitStack() as stack:
+        d = _Deploy(opts, rep, stack)
+        d.stage = Path(tempfile.mkdtemp(prefix=f".{opts.repo.name}.svc-deploy-", dir=_staging_parent(opts.repo)))
+        stack.callback(shutil.rmtree, d.stage, True)
+        for name, step in STEPS:
+            t0 = time.perf_counter()
+            if name not in ("choose_target", "read_rmirs", "plan_models", "commit") and not d.live():
+                d.results.append(StepResult(name, "SKIPPED", 0.0, {"reason": "every model exists; pass -f"}))
+                continue
+            try:
+                detail = step(d)
+            except ServiceMakerError:
+                d.results.append(StepResult(name, "FAILED", time.perf_counter() - t0))
+                raise
+            d.results.append(StepResult(name, "OK", time.perf_counter() - t0, detail))
+        seconds = time.perf_counter() - started
+        _write_status(d, seconds)
+        committed = d.results[-1].detail
+        return DeployResult(repo=opts.repo, target=d.target, written=committed.get("written", []),
+                            replaced=committed.get("replaced", []),
+                            kept=sorted(m.name for m in d.models.values() if m.action == "keep"),
+                            steps=d.results, seconds=seconds)

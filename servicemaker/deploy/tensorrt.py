@@ -1,0 +1,105 @@
+"""The one seam to TensorRT. Nothing here imports tensorrt, pycuda or polygraphy's TensorRT backend until an engine
+is actually built, so svc-build and CPU deploys never need them.
+
+Engines are built through polygraphy (``network_from_onnx_path`` → ``CreateConfig`` → ``engine_from_network``) with
+one optimization profile spanning batch 1..max_batch_size and sequence 1..max_seq_length. Setting
+``POLYGRAPHY_USE_TENSORRT_RTX=1`` makes polygraphy (and so this seam) use TensorRT-RTX instead; the tests use that
+to prove on a CPU-only machine that the graphs and profiles we hand TensorRT parse and build. RTX engines are not
+Triton ``tensorrt_plan`` models, so svc-deploy itself always requires standard TensorRT for the tensorrt target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from servicemaker.errors import ServiceMakerError
+
+
+class TensorRTUnavailableError(ServiceMakerError, RuntimeError):
+    """The tensorrt target was asked for where TensorRT or a GPU is missing."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    #: input name → (min, opt, max) shapes
+    profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    fp16: bool = True
+    sparse_weights: bool = False
+    workspace_mib: int = 4096
+    timing_cache: Path | None = None
+
+
+def use_rtx() -> bool:
+    return os.environ.get("POLYGRAPHY_USE_TENSORRT_RTX", "0") != "0"
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU with a working driver is visible."""
+    if not Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        run = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return run.returncode == 0 and "GPU" in run.stdout
+
+
+def missing() -> str | None:
+    """Why an engine cannot be built here, or None when TensorRT, polygraphy and a GPU are all present."""
+    module = "tensorrt_rtx" if use_rtx() else "tensorrt"
+    if importlib.util.find_spec(module) is None:
+        return f"the Python package '{module}' is not installed"
+    if importlib.util.find_spec("polygraphy") is None:
+        return "the Python package 'polygraphy' is not installed"
+    if not use_rtx() and not gpu_present():
+        return "no NVIDIA GPU with a working driver is visible (nvidia-smi -L)"
+    return None
+
+
+def require() -> None:
+    reason = missing()
+    if reason:
+        raise TensorRTUnavailableError(
+            f"the tensorrt target cannot build engines here: {reason}",
+            hint="deploy on a GPU machine with TensorRT >= 10 (pip install 'servicemaker[tensorrt]'), "
+                 "or use --target onnxruntime")
+
+
+def profile_for(inputs: list[str], max_batch_size: int, max_seq_length: int):
+    """One profile: batch 1..max_batch_size, sequence 1..max_seq_length, tuned for the middle of both."""
+    opt = (max(1, (max_batch_size + 1) // 2), max(1, max_seq_length // 2))
+    return {name: ((1, 1), opt, (max_batch_size, max_seq_length)) for name in inputs}
+
+
+def build_engine(onnx_path: Path, plan_path: Path, settings: EngineSettings) -> int:
+    """Build a serialized engine from ``onnx_path`` into ``plan_path``; returns its size in bytes."""
+    require()
+    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
+                                        network_from_onnx_path)
+
+    profile = Profile()
+    for name, (lo, opt, hi) in settings.profile.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    trt = importlib.import_module("tensorrt_rtx" if use_rtx() else "tensorrt")
+    kwargs = {"profiles": [profile],
+              "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: settings.workspace_mib << 20}}
+    if not use_rtx():  # TensorRT-RTX builds strongly typed networks and has no precision or sparsity flags
+        kwargs.update(fp16=settings.fp16, sparse_weights=settings.sparse_weights)
+        if settings.timing_cache is not None and settings.timing_cache.exists():
+            kwargs["load_timing_cache"] = str(settings.timing_cache)
+    config = CreateConfig(**kwargs)
+    network = network_from_onnx_path(str(onnx_path))
+    cache = str(settings.timing_cache) if settings.timing_cache is not None and not use_rtx() else None
+    data = engine_bytes_from_network(network, config=config, save_timing_cache=cache)
+    if data is None:
+        raise ServiceMakerError(f"TensorRT could not build an engine from {onnx_path.name}",
+                                hint="run again with --debug; TensorRT's log above names the failing layer")
+    plan_path.write_bytes(bytes(data))
+    return plan_path.stat().st_size

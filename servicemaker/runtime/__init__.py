@@ -1,0 +1,1 @@
+"""Code that runs inside Triton (copied into deployed repositories); it never imports servicemaker."""
