@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import tarfile
 import shutil
 from pathlib import Path
 
@@ -62,3 +65,54 @@ def _clean_env(monkeypatch):
 def listing(folder: Path) -> list[str]:
     """Every file below ``folder`` (hidden ones included), to prove nothing was left behind."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def rewrite_tar(src: Path, dst: Path, change) -> Path:
+    """Copy a tar.gz applying ``change(members)`` to its list of (TarInfo, bytes)."""
+    with tarfile.open(src) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else b"") for m in tf.getmembers()]
+    members = change(members)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for info, data in members:
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    dst.write_bytes(gzip.compress(buf.getvalue()))
+    return dst
+
+
+def edit_manifest(src: Path, dst: Path, change, drop: tuple[str, ...] = ()) -> Path:
+    """Copy an archive with ``change(manifest_dict)`` applied to its manifest and the members ``drop`` removed."""
+    from servicemaker import yamlio
+
+    def apply(members):
+        out = []
+        for info, data in members:
+            if info.name.split("/")[-1] in drop:
+                continue
+            if info.name.endswith("manifest.yaml"):
+                doc = yamlio.load(data.decode())
+                change(doc)
+                data = yamlio.dump(doc).encode()
+            out.append((info, data))
+        return out
+
+    return rewrite_tar(src, dst, apply)
+
+
+NLP = ("text_classification", "token_classification", "intent_slot", "punctuation", "qa")
+
+
+@pytest.fixture(scope="session")
+def tiny_rmirs(tiny_dir, tmp_path_factory) -> dict[str, Path]:
+    """RMIRs of the five NLP pipelines, built from the tiny exports."""
+    from servicemaker.build import BuildOptions, build
+    from servicemaker.keys import ArchiveArg
+
+    out = tmp_path_factory.mktemp("rmirs")
+    paths = {}
+    for name in NLP:
+        paths[name] = out / f"{name}.rmir"
+        build(BuildOptions(pipeline=name, output=ArchiveArg(paths[name], None),
+                           inputs=[ArchiveArg(tiny_dir / f"{name}.riva", None)]))
+    return paths

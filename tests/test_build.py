@@ -19,7 +19,7 @@ from servicemaker.pipelines import REGISTRY
 from servicemaker.samples import models
 from servicemaker.spec import SPEC_KEY, read_spec
 
-from conftest import CIPHER_ID, listing
+from conftest import CIPHER_ID, listing, rewrite_tar
 
 INPUTS = {name: [f"{name}.riva"] for name in REGISTRY}
 INPUTS["speech_synthesis"] = ["fastpitch.riva", "hifigan.riva"]
@@ -133,26 +133,13 @@ def test_key_from_environment_fallback(tmp_path, monkeypatch):
     assert (tmp_path / "qa.rmir").exists()
 
 
-def _rewrite(src: Path, dst: Path, change) -> Path:
-    """Copy a tar.gz applying ``change(members)`` to its list of (TarInfo, bytes)."""
-    with tarfile.open(src) as tf:
-        members = [(m, tf.extractfile(m).read() if m.isfile() else b"") for m in tf.getmembers()]
-    members = change(members)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data) if info.isfile() else None)
-    dst.write_bytes(gzip.compress(buf.getvalue()))
-    return dst
-
-
 def test_hostile_member_leaves_nothing(tiny):
     def add_link(members):
         link = tarfile.TarInfo("artifacts/evil")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
         return members + [(link, b"")]
 
-    bad = _rewrite(tiny / "qa.riva", tiny / "bad.riva", add_link)
+    bad = rewrite_tar(tiny / "qa.riva", tiny / "bad.riva", add_link)
     before = listing(tiny)
     with pytest.raises(UnsafeArchiveError, match="is a link"):
         build(opts("qa", tiny / "out.rmir", [bad]))
@@ -182,8 +169,8 @@ def test_corrupt_artifact_midway_leaves_nothing(tiny):
             out.append((info, data))
         return out
 
-    hashed = _rewrite(tiny / "qa.riva", tiny / "hashed.riva", add_sha)
-    bad = _rewrite(hashed, tiny / "bad.riva", corrupt)
+    hashed = rewrite_tar(tiny / "qa.riva", tiny / "hashed.riva", add_sha)
+    bad = rewrite_tar(hashed, tiny / "bad.riva", corrupt)
     before = listing(tiny)
     with pytest.raises(ArchiveError, match="is corrupt"):
         build(opts("qa", tiny / "out.rmir", [bad]))

@@ -107,12 +107,18 @@ def test_list_params(runner):
     assert code == 0 and "--nn.precision (fp32|fp16|int8, default 'fp16')" in out
 
 
-def test_deploy_says_not_yet(runner):
-    code, out = run(runner, deploy_app, ["x.rmir", "repo"])
-    assert code == 2 and "not implemented yet" in out
+def test_deploy_missing_rmir_exit_6(runner, tmp_path):
+    code, out = run(runner, deploy_app, [str(tmp_path / "x.rmir"), str(tmp_path / "repo")])
+    assert code == 6 and "x.rmir does not exist" in out and "Traceback" not in out
+    assert not (tmp_path / "repo").exists()
 
 
-@pytest.mark.parametrize("script", ["svc-build", "svc-deploy", "svc-inspect", "svc-samples"])
+def test_deploy_bad_target_exit_2(runner, tmp_path):
+    code, out = run(runner, deploy_app, ["x.rmir", str(tmp_path / "repo"), "--target", "tpu"])
+    assert code == 2 and "--target=tpu" in out and "onnxruntime-python" in out
+
+
+@pytest.mark.parametrize("script", ["svc-build", "svc-deploy", "svc-inspect", "svc-samples", "svc-serve"])
 def test_console_scripts_installed(script):
     bindir = __import__("pathlib").Path(sys.executable).parent
     result = subprocess.run([str(bindir / script), "--help"], capture_output=True, text=True, timeout=60)

@@ -156,9 +156,14 @@ def choose_target(d: _Deploy) -> dict[str, Any]:
     if d.target == "tensorrt":
         tensorrt.require()
         d.instance_kind = "KIND_GPU"
+        if tensorrt.use_rtx():
+            d.rep.step("warning: POLYGRAPHY_USE_TENSORRT_RTX is set: engines are built with TensorRT-RTX, which "
+                       "Triton's tensorrt_plan backend cannot load; use this repository for checks only")
     elif d.target == "onnxruntime" and reason is None:
         d.instance_kind = "KIND_GPU"
-    return {"target": d.target, "instance_kind": d.instance_kind, "tensorrt": reason or "available"}
+    builder = ("tensorrt_rtx" if tensorrt.use_rtx() else "tensorrt") if d.target == "tensorrt" else None
+    return {"target": d.target, "instance_kind": d.instance_kind, "tensorrt": reason or "available",
+            "engine_builder": builder}
 
 
 def read_rmirs(d: _Deploy) -> dict[str, Any]:

@@ -108,11 +108,13 @@ class Handler:
 def wordpiece(folder: str, params: Dict[str, str]):
     from tokenizers import BertWordPieceTokenizer
 
-    tok = BertWordPieceTokenizer(os.path.join(folder, params["vocab"]), lowercase=_bool(params["lower_case"]))
+    path = os.path.join(folder, params["vocab"])
+    with open(path, encoding="utf-8") as f:
+        vocab = {line.rstrip("\r\n") for line in f}
     for special in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
-        if tok.token_to_id(special) is None:
+        if special not in vocab:
             raise ValueError(f"vocabulary {params['vocab']} has no {special} token")
-    return tok
+    return BertWordPieceTokenizer(path, lowercase=_bool(params["lower_case"]))
 
 
 class Tokenize(Handler):
