@@ -1,5 +1,5 @@
 # Two entry points, both doing all set-up themselves on a fresh machine (a venv in .venv):
-#   make demo   — sample MiniLM export → svc-build → svc-inspect
+#   make demo   — sample MiniLM export → svc-build → svc-deploy → a real Triton server answers a query
 #   make test   — the test suite (CPU only)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,6 +18,9 @@ demo: $(BIN)/.installed
 	$(BIN)/svc-build text_classification $(DEMO)/text_classification.rmir $(DEMO)/text_classification.riva \
 		--domain_name=weather -f
 	$(BIN)/svc-inspect $(DEMO)/text_classification.rmir
+	$(BIN)/svc-deploy $(DEMO)/text_classification.rmir $(DEMO)/model_repository --target onnxruntime-python -f
+	$(BIN)/svc-serve $(DEMO)/model_repository --http-port 0 --grpc-port 0 --metrics-port 0 \
+		--query "is it going to snow in berlin tomorrow"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

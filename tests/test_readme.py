@@ -1,4 +1,5 @@
-"""The README's commands work: `make demo` runs the quick start (MiniLM export → svc-build → svc-inspect)."""
+"""The README's commands work: `make demo` runs the quick start (MiniLM export → svc-build → svc-deploy → a real
+Triton server answers)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def test_make_demo(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "riva_text_classification_weather" in result.stdout
+    answer = json.loads(result.stdout[result.stdout.index("{\n"):])["riva_text_classification_weather"]
+    assert answer["LABEL"] == "weather" and answer["SCORE"] > 0.5
+    assert (tmp_path / "model_repository" / "deploy_status.json").exists()
     rmir = tmp_path / "text_classification.rmir"
     doc = json.loads(subprocess.run([str(venv / "bin" / "svc-inspect"), str(rmir), "--json", "--verify"],
                                     capture_output=True, text=True, check=True).stdout)
