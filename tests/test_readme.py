@@ -26,7 +26,8 @@ def test_make_demo(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "riva_text_classification_weather" in result.stdout
-    answer = json.loads(result.stdout[result.stdout.index("{\n"):])["riva_text_classification_weather"]
+    doc, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{\n"):])
+    answer = doc["riva_text_classification_weather"]
     assert answer["LABEL"] == "weather" and answer["SCORE"] > 0.5
     assert (tmp_path / "model_repository" / "deploy_status.json").exists()
     rmir = tmp_path / "text_classification.rmir"
