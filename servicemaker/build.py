@@ -16,10 +16,10 @@ import fnmatch
 import hashlib
 import re
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 from servicemaker import __version__, yamlio
 from servicemaker.eff import onnx_tar
@@ -47,6 +47,7 @@ MAX_OPTION_FILE_BYTES = 256 * 1024 * 1024
 class Reporter(Protocol):
     def step(self, message: str) -> None: ...
     def track(self, stream: Any, label: str, total: int) -> Any: ...
+    def activity(self, label: str) -> ContextManager[None]: ...
 
 
 class SilentReporter:
@@ -55,6 +56,9 @@ class SilentReporter:
 
     def track(self, stream: Any, label: str, total: int) -> Any:
         return stream
+
+    def activity(self, label: str) -> ContextManager[None]:
+        return nullcontext()
 
 
 @dataclass

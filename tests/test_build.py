@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import io
 import tarfile
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from servicemaker.keys import ArchiveArg, Secret
 from servicemaker.samples import models
 from servicemaker.spec import SPEC_KEY
 
-from conftest import NLP, edit_manifest, listing
+from conftest import edit_manifest, listing
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -58,6 +59,22 @@ class RichReporter:
     def step(self, message: str) -> None:
         if not self.quiet:
             err_console.print(message, markup=False)
+
+    @contextmanager
+    def activity(self, label: str) -> Iterator[None]:
+        """A long step without a byte count: a spinner on a terminal, then 'Finished <label> in N s'."""
+        started = time.perf_counter()
+        if self.quiet:
+            yield
+            return
+        if self.interactive:
+            with err_console.status(label + " ..."):
+                yield
+        else:
+            err_console.print(label + " ...", markup=False)
+            yield
+        err_console.print(f"Finished {label[0].lower() + label[1:]} in {time.perf_counter() - started:.1f} s",
+                          markup=False)
 
     def track(self, stream: Any, label: str, total: int) -> Any:
         if self.quiet or not self.interactive or total < (64 << 20):

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from servicemaker import __version__
 from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, echo_json, out_console, reported_errors
 from servicemaker.eff.codecs import SaltTable
 from servicemaker.inspect import inspect_archive

@@ -358,8 +358,8 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             continue
         assert rmir.graph_path is not None and rmir.signature is not None
         started = time.perf_counter()
-        d.rep.step(f"Folding constants of {plan.name}")
-        folded = graphs.fold_constants(graphs.load(rmir.graph_path))
+        with d.rep.activity(f"Folding constants of {plan.name}"):
+            folded = graphs.fold_constants(graphs.load(rmir.graph_path))
         folder = d.staged(plan)
         if d.target == "tensorrt":
             onnx_path = d.work(rmir) / "model.onnx"
@@ -371,9 +371,8 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
                 fp16=params.get("precision", "fp16") != "fp32", sparse_weights=params.get("sparsity") == "2:4",
                 workspace_mib=int(params.get("max_workspace_size", 4096)),
                 timing_cache=_cache_dir() / "tensorrt-timing.cache")
-            d.rep.step(f"Building TensorRT engine for {plan.name}")
-            size = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
-            d.rep.step(f"Finished engine building in {time.perf_counter() - started:.1f} s")
+            with d.rep.activity(f"Building TensorRT engine for {plan.name}"):
+                size = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
             out[plan.name] = {"file": "model.plan", "bytes": size}
         else:
             written = graphs.save(folded, folder / "model.onnx")
