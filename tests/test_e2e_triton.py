@@ -186,3 +186,11 @@ def test_svc_serve_query_command(tiny_rmirs, tmp_path):
     answer = json.loads(run.stdout)["riva_text_classification_misc"]
     assert answer["LABEL"] in {"weather", "music", "sports"} and len(answer["LOGITS"]) == 3
     assert "Triton stopped." in run.stderr
+
+
+def test_empty_text_gets_empty_words(server):
+    c = connect(server.http_url)
+    out = infer(c, "riva_ner", {"TEXT": ["", "hello"]})
+    assert rows(out["TOKENS"]) == [[], ["hello"]]
+    qa = infer(c, "riva_qa", {"QUESTION": ["who"], "CONTEXT": [""]})
+    assert qa["ANSWER"][0, 0] == b"" and qa["SCORE"][0, 0] == 0.0
