@@ -68,7 +68,7 @@ def require() -> None:
     if reason:
         raise TensorRTUnavailableError(
             f"the tensorrt target cannot build engines here: {reason}",
-            hint="deploy on a GPU machine with TensorRT >= 10 (pip install 'servicemaker[tensorrt]'), "
+            hint="deploy on a GPU machine with TensorRT >= 10 (pip install tensorrt 'servicemaker[tensorrt]'), "
                  "or use --target onnxruntime")
 
 
