@@ -42,8 +42,6 @@ def svc_deploy(
         items = list(args or [])
         if len(items) < 2:
             raise UsageError("missing arguments", hint="svc-deploy IN.rmir[:KEY]... REPOSITORY")
-        if target not in TARGETS:
-            raise UsageError(f"--target={target}: expected one of {', '.join(TARGETS)}")
         *rmirs, repo = items
         result = deploy(DeployOptions(rmirs=[parse_archive_arg(a) for a in rmirs], repo=Path(repo), force=force,
                                       target=target, salts=SaltTable.from_option(eff_salts)), RichReporter(quiet))

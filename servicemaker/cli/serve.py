@@ -40,6 +40,11 @@ def _query(server: TritonServer, repo: Path, model: str | None, text: str, conte
     print(json.dumps(answers, indent=2, ensure_ascii=False))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the server the same way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 @app.command()
 def svc_serve(
     repo: Path = typer.Argument(..., help="the model repository (svc-deploy's output)"),
@@ -73,7 +78,7 @@ def svc_serve(
             if query is not None:
                 _query(server, repo, model, query, context)
                 return
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            signal.signal(signal.SIGTERM, _interrupt)
             err_console.print("Press Ctrl-C to stop.", markup=False)
             while server.process is not None and server.process.poll() is None:
                 time.sleep(0.5)

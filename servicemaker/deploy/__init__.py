@@ -245,8 +245,8 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
 
 def _safe_dest(source: str, role: str) -> str:
     """A version-folder file name for an artifact: the role plus the source's extension."""
-    ext = "".join(Path(source).suffixes[-1:]) if Path(source).suffix else ""
-    ext = ext if ext.replace(".", "").isalnum() and len(ext) <= 8 else ""
+    ext = Path(source).suffix
+    ext = ext if ext[1:].isalnum() and len(ext) <= 8 else ""
     return f"{role}{ext}"
 
 
@@ -288,6 +288,10 @@ def _handler(rmir: RmirPlan, comp: str) -> type[runtime.Handler]:
     return runtime.HANDLERS[name]  # type: ignore[return-value]
 
 
+def _nn_step(rmir: RmirPlan):
+    return next(s for s in rmir.spec.ensemble.steps if s.component == "nn")
+
+
 def _decls(decls: tuple[runtime.TensorDecl, ...]) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {name: (dtype, tuple(dims)) for name, dtype, dims in decls}
 
@@ -301,7 +305,7 @@ def check_graphs(d: _Deploy) -> dict[str, Any]:
         where = f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}"
         sig = graphs.signature(model, where)
         steps = rmir.spec.ensemble.steps
-        nn_step = next(s for s in steps if s.component == "nn")
+        nn_step = _nn_step(rmir)
         producer = next(s for s in steps if nn_step.inputs and set(nn_step.inputs.values()) & set(s.outputs.values()))
         feeds = {k: v for k, v in _decls(_handler(rmir, producer.component).OUTPUTS).items() if k in producer.outputs}
         needs: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -328,7 +332,7 @@ def _label_counts(rmir: RmirPlan, sig: graphs.Signature) -> list[str]:
     """Each labels file must have as many labels as its network output has classes."""
     problems = []
     steps = rmir.spec.ensemble.steps
-    nn_tensors = {tensor: out for out, tensor in next(s for s in steps if s.component == "nn").outputs.items()}
+    nn_tensors = {tensor: out for out, tensor in _nn_step(rmir).outputs.items()}
     for step in steps:
         if step.component == "nn":
             continue
@@ -358,6 +362,7 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             continue
         assert rmir.graph_path is not None and rmir.signature is not None
         started = time.perf_counter()
+        # Loaded again rather than kept from check_graphs: only one graph is in memory at a time.
         with d.rep.activity(f"Folding constants of {plan.name}"):
             folded = graphs.fold_constants(graphs.load(rmir.graph_path))
         folder = d.staged(plan)

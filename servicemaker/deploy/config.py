@@ -141,7 +141,7 @@ def _mismatches(spec: ModelConfigSpec, parsed: Any) -> list[str]:
         have = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
         if have != [(t.name, t.data_type, tuple(t.dims)) for t in want]:
             out.append(f"{kind} tensors")
-    if dict(parsed.parameters) and {k: v.string_value for k, v in parsed.parameters.items()} != spec.parameters:
+    if {k: v.string_value for k, v in parsed.parameters.items()} != spec.parameters:
         out.append("parameters")
     return out
 
