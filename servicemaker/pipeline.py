@@ -228,6 +228,9 @@ def network_params(*, precision: str = "fp16") -> tuple[Param, ...]:
         Param(name="precision", type="choice", choices=("fp32", "fp16", "int8"), default=precision,
               help="compute precision of the optimized network"),
         Param(name="fuse", type="bool", default=True, help="fuse GELU/LayerNorm/attention patterns"),
+        Param(name="fusion_ops", type="choice", choices=("auto", "onnx", "trt_plugin", "ort_contrib"), default="auto",
+              help="what fused patterns become: standard ONNX ops (auto), TensorRT plugins (TensorRT < 10), "
+                   "ONNX Runtime contrib ops"),
         Param(name="sparsity", type="choice", choices=("none", "2:4"), default="none",
               help="2:4 structured sparsity of suitable weights"),
         Param(name="calibration_data", type="file", default=None,

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from servicemaker.build import BuildOptions, build
 from servicemaker.deploy import STATUS_FILE, DeployOptions, deploy
+from servicemaker.deploy import optimize
 from servicemaker.deploy import tensorrt as trt_seam
 from servicemaker.deploy.config import ModelConfigSpec, TemplateError, TensorSpec, pbstr, render
 from servicemaker.errors import (NotFoundError, SpecVersionError, UsageError, ValidationError, WrongKeyError)
@@ -115,12 +116,18 @@ def test_golden_tensorrt_through_the_seam(tiny_rmirs, tmp_path, monkeypatch):
     def fake_build(onnx_path, plan_path, settings):
         import onnx
         onnx.checker.check_model(str(onnx_path))
-        built.update(settings=settings)
+        built.update(settings=settings, onnx=onnx_path.read_bytes())
         plan_path.write_bytes(b"plan")
-        return 4
+        return {"bytes": 4}
+
+    def fake_run(plan_path, feeds, outputs):  # the "engine" is the graph handed to TensorRT, run by ONNX Runtime
+        built["gate_feeds"] = len(feeds)
+        return optimize.run(built["onnx"], feeds, outputs=outputs)
 
     monkeypatch.setattr(trt_seam, "missing", lambda: None)
+    monkeypatch.setattr(trt_seam, "use_rtx", lambda: False)
     monkeypatch.setattr(trt_seam, "build_engine", fake_build)
+    monkeypatch.setattr(trt_seam, "run_engine", fake_run)
     repo = tmp_path / "repo"
     result = run([tiny_rmirs["token_classification"]], repo, target="auto")
     assert result.target == "tensorrt"
@@ -128,6 +135,9 @@ def test_golden_tensorrt_through_the_seam(tiny_rmirs, tmp_path, monkeypatch):
     assert (repo / nn / "1" / "model.plan").read_bytes() == b"plan"
     assert built["settings"].profile["input_ids"] == ((1, 1), (4, 32), (8, 64))
     assert built["settings"].fp16 is True and built["settings"].sparse_weights is False
+    assert built["gate_feeds"] == 6   # the 48 sample sentences in batches of 8 went through the engine gate
+    status = json.loads((repo / "deploy_status.json").read_text())
+    assert status["models"][nn]["optimization"]["engine_accuracy"]["status"] == "passed"
     for model in result.written:
         _golden(repo, model, "tensorrt")
 

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from servicemaker import __version__
 from servicemaker.build import Reporter, SilentReporter, sha256_file
+from servicemaker.deploy import accuracy, feeds, optimize, tensorrt
 from servicemaker.deploy import graph as graphs
-from servicemaker.deploy import tensorrt
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
 from servicemaker.eff import onnx_tar
 from servicemaker.eff.codecs import KeyRing, SaltTable
@@ -37,7 +37,7 @@ from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
 from servicemaker.eff.reader import EffReader
 from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
 from servicemaker.keys import ArchiveArg, fallback_key
-from servicemaker.pipeline import Component, Pipeline
+from servicemaker.pipeline import Component, Pipeline, check_overrides
 from servicemaker.pipelines import get_pipeline
 from servicemaker.runtime import handlers as runtime
 from servicemaker.spec import ComponentSpec, PipelineSpec, read_spec
@@ -63,6 +63,9 @@ class DeployOptions:
     target: str = "auto"
     salts: SaltTable | None = None
     limits: Limits = DEFAULT_LIMITS
+    #: ``nn.<param>`` → value: compiler options overriding those the RMIRs recorded at svc-build
+    overrides: dict[str, str] = field(default_factory=dict)
+    allow_accuracy_drop: bool = False
 
 
 @dataclass
@@ -86,6 +89,7 @@ class ModelPlan:
     config: ModelConfigSpec | None = None
     config_text: str = ""
     parsed: Any = None
+    report: dict[str, Any] = field(default_factory=dict)   # the network step's optimization report
 
 
 @dataclass
@@ -99,6 +103,7 @@ class RmirPlan:
     models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
     signature: graphs.Signature | None = None
     graph_path: Path | None = None
+    calibration_path: Path | None = None
 
 
 @dataclass
@@ -197,6 +202,8 @@ def read_rmirs(d: _Deploy) -> dict[str, Any]:
             raise NotFoundError(f"{arg.shown} lacks artifacts its pipeline spec names: {'; '.join(missing)}",
                                 hint="the RMIR is damaged or was edited; rebuild it with svc-build")
         d.rmirs.append(RmirPlan(arg=arg, reader=reader, spec=spec, pipeline=pipeline, sha256=digest, size=size))
+        if spec.components.get("nn") is not None:
+            _nn_params(d, d.rmirs[-1])  # a bad --nn.* override fails here, before anything is extracted
     return {"rmirs": [{"file": r.arg.path.name, "sha256": r.sha256, "pipeline": r.spec.pipeline,
                        "name": r.spec.name} for r in d.rmirs]}
 
@@ -260,7 +267,7 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
             if plan.action == "keep" and cs.kind != "network":
                 continue
             for role, ref in cs.artifacts.items():
-                if cs.kind == "network" and role != "graph":
+                if cs.kind == "network" and role not in ("graph", "calibration_data"):
                     continue  # the model config and LM config were checked by svc-build; Triton needs the graph
                 d.rep.step(f"Extracting {ref.name}")
                 if ref.source.endswith(".onnx.tar"):
@@ -276,6 +283,8 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
                                               "pipeline spec records", hint="the RMIR was altered; rebuild it")
                 if cs.kind == "network" and role == "graph":
                     rmir.graph_path = path
+                elif cs.kind == "network":
+                    rmir.calibration_path = path
                 else:
                     plan.files[_safe_dest(ref.source, role)] = path
                 count += 1
@@ -353,8 +362,54 @@ def _max_seq_length(rmir: RmirPlan) -> int:
     return int(rmir.spec.components["tokenizer"].params["max_seq_length"])
 
 
+#: ``nn`` parameters svc-deploy may override (``--nn.<param>=VALUE``): the optimizing compiler's options
+COMPILER_PARAMS = ("precision", "fuse", "fusion_ops", "sparsity", "calibration_method", "accuracy_tolerance",
+                   "max_workspace_size")
+
+
+def _nn_params(d: _Deploy, rmir: RmirPlan) -> dict[str, Any]:
+    """The nn component's parameters as recorded at svc-build, with svc-deploy's overrides applied."""
+    params = dict(rmir.spec.components["nn"].params)
+    if d.opts.overrides:
+        bad = [k for k in d.opts.overrides if not k.startswith("nn.") or k[3:] not in COMPILER_PARAMS]
+        if bad:
+            raise UsageError(f"svc-deploy cannot override {', '.join('--' + k for k in bad)}",
+                             hint="svc-deploy takes " + ", ".join(f"--nn.{p}" for p in COMPILER_PARAMS)
+                                  + "; other parameters are set at svc-build")
+        for (_, name), value in check_overrides(rmir.pipeline, d.opts.overrides).items():
+            params[name] = value
+    return params
+
+
+def _sample_feeds(rmir: RmirPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(calibration feeds, gate feeds, where the calibration text came from), tokenized by the pipeline's own
+    tokenizer over the staged vocabulary."""
+    cs = rmir.spec.components["tokenizer"]
+    name = rmir.pipeline.component("tokenizer").handler
+    assert name is not None
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in cs.params.items() if v is not None}
+    plan = rmir.models["tokenizer"]
+    for role, ref in cs.artifacts.items():
+        staged = plan.files.get(_safe_dest(ref.source, role))
+        if staged is not None:
+            params[role] = str(staged.absolute())
+    tokenizer = runtime.create(name, "/", params)
+    qa = name == "tokenize_qa"
+    if rmir.calibration_path is not None:
+        examples = feeds.lines(rmir.calibration_path.read_text(encoding="utf-8", errors="replace"))
+        source = f"nn.calibration_data ({len(examples)} examples)"
+        if not examples:
+            raise ValidationError(f"{rmir.arg.shown}: the calibration data file has no examples",
+                                  hint="give --nn.calibration_data a text file with one example per line")
+    else:
+        examples = feeds.bundled("calibration")
+        source = f"servicemaker's default English sentences ({len(examples)} examples)"
+    return feeds.tokenized(examples, tokenizer, qa), feeds.tokenized(feeds.bundled("samples"), tokenizer, qa), source
+
+
 def prepare_networks(d: _Deploy) -> dict[str, Any]:
-    """Constant-fold each graph and write it for the target: model.onnx, or a TensorRT model.plan."""
+    """Optimize each graph (fusion, sparsity, INT8, accuracy gate) and write it for the target: model.onnx, or a
+    TensorRT model.plan with its metadata beside it."""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
         plan = rmir.models["nn"]
@@ -362,29 +417,87 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             continue
         assert rmir.graph_path is not None and rmir.signature is not None
         started = time.perf_counter()
+        params = _nn_params(d, rmir)
         # Loaded again rather than kept from check_graphs: only one graph is in memory at a time.
         with d.rep.activity(f"Folding constants of {plan.name}"):
             folded = graphs.fold_constants(graphs.load(rmir.graph_path))
+        precision = str(params.get("precision", "fp16"))
+        opts = optimize.CompileOptions(
+            target=d.target, precision=precision if d.target == "tensorrt" or precision == "int8" else "fp32",
+            fuse=bool(params.get("fuse", True)), fusion_ops=str(params.get("fusion_ops", "auto")),
+            sparsity=str(params.get("sparsity", "none")),
+            calibration_method=str(params.get("calibration_method", "percentile")),
+            accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
+            allow_accuracy_drop=d.opts.allow_accuracy_drop)
+        calibration, samples, source = _sample_feeds(rmir)
+        try:
+            compiled, report = optimize.compile_network(folded, opts, calibration, samples,
+                                                        d.work(rmir) / "optimize", d.rep.activity)
+        except optimize.AccuracyError as err:
+            raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
+        if precision == "int8":
+            report["int8"]["calibration_data"] = source
+        if precision == "fp16" and d.target != "tensorrt":
+            report["note"] = "fp16 applies to TensorRT engines; the ONNX Runtime targets run FP32 here"
+        plan.report = report
         folder = d.staged(plan)
         if d.target == "tensorrt":
             onnx_path = d.work(rmir) / "model.onnx"
-            graphs.save(folded, onnx_path)
-            params = rmir.spec.components["nn"].params
+            graphs.save(compiled, onnx_path)
             settings = tensorrt.EngineSettings(
                 profile=tensorrt.profile_for([t.name for t in rmir.signature.inputs], int(params["max_batch_size"]),
                                              _max_seq_length(rmir)),
-                fp16=params.get("precision", "fp16") != "fp32", sparse_weights=params.get("sparsity") == "2:4",
+                fp16=precision in ("fp16", "int8"), int8=precision == "int8",
+                sparse_weights=params.get("sparsity") == "2:4",
                 workspace_mib=int(params.get("max_workspace_size", 4096)),
                 timing_cache=_cache_dir() / "tensorrt-timing.cache")
             with d.rep.activity(f"Building TensorRT engine for {plan.name}"):
-                size = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
-            out[plan.name] = {"file": "model.plan", "bytes": size}
+                engine = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
+            report["engine"] = engine
+            report["engine_accuracy"] = _engine_gate(d, plan, folded, folder / "model.plan", samples, opts)
+            out[plan.name] = {"file": "model.plan", "bytes": engine["bytes"]}
         else:
-            written = graphs.save(folded, folder / "model.onnx")
+            written = graphs.save(compiled, folder / "model.onnx")
             out[plan.name] = {"file": "model.onnx", "bytes": sum(p.stat().st_size for p in written),
-                              "nodes": len(folded.graph.node)}
+                              "nodes": len(compiled.graph.node)}
+        out[plan.name].update(_summary(report))
         out[plan.name]["seconds"] = round(time.perf_counter() - started, 3)
     return out
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of an optimization report, for the step's line in deploy_status.json."""
+    summary: dict[str, Any] = {"precision": report.get("precision")}
+    fusion = report.get("fusion", {}).get("plugins", {})
+    if fusion:
+        summary["fused"] = {k: v.get("fused", 0) for k, v in fusion.items()}
+    if "sparsity" in report:
+        summary["pruned_2_4"] = report["sparsity"]["pruned"]
+    if "int8" in report:
+        summary["int8_layers"] = report["int8"]["quantized"]
+        summary["kept_fp32"] = len(report["int8"]["kept_fp32"])
+    gate = report.get("accuracy", {})
+    if "cosine" in gate:
+        summary["accuracy"] = {k: gate[k] for k in ("status", "cosine", "top1_agreement", "max_abs_diff")}
+    return summary
+
+
+def _engine_gate(d: _Deploy, plan: ModelPlan, original: Any, engine: Path, samples: list[dict[str, Any]],
+                 opts: optimize.CompileOptions) -> dict[str, Any]:
+    """Run the built engine itself on the gate's samples against the FP32 graph in ONNX Runtime."""
+    if tensorrt.use_rtx():
+        return {"status": "not run", "reason": "TensorRT-RTX engines are only built here, not run"}
+    names = [o.name for o in original.graph.output]
+    with d.rep.activity(f"Checking {plan.name}'s engine against the FP32 graph"):
+        got = tensorrt.run_engine(engine, samples, names)
+        gate = accuracy.compare(optimize.run(original, samples), got, samples, names)
+    result = gate.as_dict(opts.accuracy_tolerance)
+    if not gate.within(opts.accuracy_tolerance) and not opts.allow_accuracy_drop:
+        raise optimize.AccuracyError(
+            f"{plan.name}: the TensorRT engine loses more accuracy than nn.accuracy_tolerance="
+            f"{opts.accuracy_tolerance} allows: {gate.summary()}",
+            hint="choose --nn.precision=fp32 or raise --nn.accuracy_tolerance, or pass --allow-accuracy-drop")
+    return result
 
 
 def _cache_dir() -> Path:
@@ -566,6 +679,8 @@ def _write_status(d: _Deploy, seconds: float) -> None:
             continue
         models[plan.name] = {"pipeline": plan.rmir.spec.pipeline, "component": plan.component,
                              "rmir": plan.rmir.arg.path.name, "rmir_sha256": plan.rmir.sha256, "target": d.target}
+        if plan.report:
+            models[plan.name]["optimization"] = plan.report
     status = {
         "format": STATUS_FORMAT,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

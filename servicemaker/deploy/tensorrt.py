@@ -11,11 +11,14 @@ Triton ``tensorrt_plan`` models, so svc-deploy itself always requires standard T
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import time
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servicemaker.errors import ServiceMakerError
 
@@ -31,6 +34,8 @@ class EngineSettings:
     #: input name → (min, opt, max) shapes
     profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     fp16: bool = True
+    #: the graph carries explicit Q/DQ (INT8 is decided by the graph, not by a builder flag)
+    int8: bool = False
     sparse_weights: bool = False
     workspace_mib: int = 4096
     timing_cache: Path | None = None
@@ -78,28 +83,72 @@ def profile_for(inputs: list[str], max_batch_size: int, max_seq_length: int):
     return {name: ((1, 1), opt, (max_batch_size, max_seq_length)) for name in inputs}
 
 
-def build_engine(onnx_path: Path, plan_path: Path, settings: EngineSettings) -> int:
-    """Build a serialized engine from ``onnx_path`` into ``plan_path``; returns its size in bytes."""
-    require()
-    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
-                                        network_from_onnx_path)
+def gpu_info() -> dict[str, str]:
+    """Name, compute capability and driver of the first GPU (nvidia-smi), or {} without one."""
+    try:
+        run = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    first = run.stdout.strip().splitlines()[0] if run.returncode == 0 and run.stdout.strip() else ""
+    parts = [p.strip() for p in first.split(",")]
+    return dict(zip(("gpu", "compute_capability", "driver"), parts)) if len(parts) == 3 else {}
 
-    profile = Profile()
-    for name, (lo, opt, hi) in settings.profile.items():
-        profile.add(name, min=lo, opt=opt, max=hi)
-    trt = importlib.import_module("tensorrt_rtx" if use_rtx() else "tensorrt")
-    kwargs = {"profiles": [profile],
-              "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: settings.workspace_mib << 20}}
+
+def build_config(settings: EngineSettings) -> dict[str, Any]:
+    """polygraphy ``CreateConfig`` keyword arguments for ``settings`` (everything short of TensorRT itself)."""
+    kwargs: dict[str, Any] = {"profiles": [settings.profile], "workspace_mib": settings.workspace_mib}
     if not use_rtx():  # TensorRT-RTX builds strongly typed networks and has no precision or sparsity flags
         kwargs.update(fp16=settings.fp16, sparse_weights=settings.sparse_weights)
         if settings.timing_cache is not None and settings.timing_cache.exists():
             kwargs["load_timing_cache"] = str(settings.timing_cache)
+    return kwargs
+
+
+def build_engine(onnx_path: Path, plan_path: Path, settings: EngineSettings) -> dict[str, Any]:
+    """Build a serialized engine from ``onnx_path`` into ``plan_path`` and record its metadata beside it
+    (``model.plan.json``: TensorRT version, GPU, compute capability, flags, profile); returns the metadata."""
+    require()
+    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
+                                        network_from_onnx_path)
+
+    trt = importlib.import_module("tensorrt_rtx" if use_rtx() else "tensorrt")
+    kwargs = build_config(settings)
+    profile = Profile()
+    for name, (lo, opt, hi) in settings.profile.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    kwargs["profiles"] = [profile]
+    kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: kwargs.pop("workspace_mib") << 20}
     config = CreateConfig(**kwargs)
     network = network_from_onnx_path(str(onnx_path))
     cache = str(settings.timing_cache) if settings.timing_cache is not None and not use_rtx() else None
+    started = time.perf_counter()
     data = engine_bytes_from_network(network, config=config, save_timing_cache=cache)
     if data is None:
         raise ServiceMakerError(f"TensorRT could not build an engine from {onnx_path.name}",
                                 hint="run again with --debug; TensorRT's log above names the failing layer")
     plan_path.write_bytes(bytes(data))
-    return plan_path.stat().st_size
+    meta = {"builder": "tensorrt_rtx" if use_rtx() else "tensorrt", "tensorrt_version": trt.__version__,
+            **gpu_info(), "fp16": settings.fp16 and not use_rtx(), "int8_qdq": settings.int8,
+            "sparse_weights": settings.sparse_weights and not use_rtx(), "workspace_mib": settings.workspace_mib,
+            "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])}
+                        for k, v in settings.profile.items()},
+            "timing_cache": cache is not None, "build_seconds": round(time.perf_counter() - started, 3),
+            "bytes": plan_path.stat().st_size}
+    plan_path.with_name(plan_path.name + ".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def run_engine(plan_path: Path, feeds: list[dict[str, Any]], outputs: list[str]) -> list[list[Any]]:
+    """Outputs of the engine for each feed (polygraphy's TensorRT runner; needs a GPU)."""
+    require()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    results = []
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(plan_path)))) as runner:
+        names = set(runner.get_input_metadata().keys())
+        for feed in feeds:
+            got = runner.infer({k: v for k, v in feed.items() if k in names})
+            results.append([got[name] for name in outputs])
+    return results

@@ -1,0 +1,97 @@
+"""The accuracy gate: an optimized network's outputs against the FP32 original's on the same sample inputs.
+
+Per output it reports the largest absolute difference, the cosine similarity of each row (the row's values at
+its real tokens, padding left out) and top-1 agreement (argmax over the last axis: a row's class, or each real
+token's label). The gate's measure is the worst output's mean cosine: ``1 - cosine`` must stay within
+``nn.accuracy_tolerance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class OutputAccuracy:
+    max_abs: float = 0.0
+    cosines: list[float] = field(default_factory=list)
+    agree: int = 0
+    total: int = 0
+
+    @property
+    def cosine(self) -> float:
+        return float(np.mean(self.cosines)) if self.cosines else 1.0
+
+    @property
+    def top1(self) -> float:
+        return self.agree / self.total if self.total else 1.0
+
+
+@dataclass
+class Gate:
+    outputs: dict[str, OutputAccuracy]
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine for o in self.outputs.values()), default=1.0)
+
+    @property
+    def top1(self) -> float:
+        return min((o.top1 for o in self.outputs.values()), default=1.0)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs.values()), default=0.0)
+
+    def within(self, tolerance: float) -> bool:
+        return 1.0 - self.cosine <= tolerance
+
+    def summary(self) -> str:
+        return f"cosine {self.cosine:.5f} (drop {1 - self.cosine:.5f}), top-1 agreement {self.top1:.2%}, " \
+               f"max abs difference {self.max_abs:.4g}"
+
+    def as_dict(self, tolerance: float) -> dict[str, Any]:
+        return {"status": "passed" if self.within(tolerance) else "failed", "tolerance": tolerance,
+                "cosine": round(self.cosine, 6), "top1_agreement": round(self.top1, 6),
+                "max_abs_diff": round(self.max_abs, 6),
+                "outputs": {name: {"cosine": round(o.cosine, 6), "min_cosine": round(min(o.cosines, default=1.0), 6),
+                                   "top1_agreement": round(o.top1, 6), "max_abs_diff": round(o.max_abs, 6),
+                                   "rows": len(o.cosines)}
+                            for name, o in self.outputs.items()}}
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare(reference: Sequence[Sequence[np.ndarray]], optimized: Sequence[Sequence[np.ndarray]],
+            feeds: Sequence[dict[str, np.ndarray]], names: Sequence[str] | None = None) -> Gate:
+    """Compare outputs of ``run`` over the same ``feeds`` (a list per feed, one array per graph output)."""
+    outputs: dict[str, OutputAccuracy] = {}
+    for ref_row, opt_row, feed in zip(reference, optimized, feeds):
+        mask = feed.get("attention_mask")
+        for i, (ref, opt) in enumerate(zip(ref_row, opt_row)):
+            if not np.issubdtype(ref.dtype, np.floating):
+                continue
+            acc = outputs.setdefault(names[i] if names else f"output{i}", OutputAccuracy())
+            ref64, opt64 = ref.astype(np.float64), opt.astype(np.float64)
+            acc.max_abs = max(acc.max_abs, float(np.max(np.abs(ref64 - opt64))) if ref.size else 0.0)
+            for b in range(ref.shape[0]):
+                r, o = ref64[b], opt64[b]
+                if r.ndim >= 2 and mask is not None and mask.shape[:2] == (ref.shape[0], r.shape[0]):
+                    keep = mask[b].astype(bool)
+                    r, o = r[keep], o[keep]
+                if r.size == 0:
+                    continue
+                acc.cosines.append(_cos(r.ravel(), o.ravel()))
+                if r.ndim >= 1 and r.shape[-1] > 1:
+                    same = np.argmax(r, axis=-1) == np.argmax(o, axis=-1)
+                    acc.agree += int(np.sum(same))
+                    acc.total += int(np.size(same))
+    return Gate(outputs)
