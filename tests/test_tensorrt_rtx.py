@@ -40,3 +40,27 @@ def test_without_tensorrt_the_target_stops_clearly(tiny_rmirs, tmp_path):
     assert run.returncode == 8
     assert "the tensorrt target cannot build engines here" in run.stderr and "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _rtx_deploy(rmir: Path, repo: Path, tmp_path: Path, *flags: str) -> dict:
+    env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    exe = Path(sys.executable).parent / "svc-deploy"
+    run = subprocess.run([str(exe), str(rmir), str(repo), "--target", "tensorrt", *flags],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    status = json.loads((repo / "deploy_status.json").read_text())
+    return next(v for k, v in status["models"].items() if "-nn-" in k)["optimization"]
+
+
+def test_int8_qdq_and_sparse_graphs_build_with_tensorrt_rtx(tiny_rmirs, tmp_path):
+    """The compiled graphs handed to TensorRT — fused, INT8 Q/DQ (symmetric), 2:4-pruned — parse and build."""
+    int8 = _rtx_deploy(tiny_rmirs["text_classification"], tmp_path / "int8", tmp_path, "--nn.precision=int8")
+    assert int8["int8"]["quantized"] > 0 and int8["int8"]["activations"] == "int8 symmetric"
+    assert int8["fusion"]["plugins"]["gelu"]["fused"] == 2 and int8["fusion"]["flavor"] == "onnx"
+    assert int8["engine"]["int8_qdq"] is True and int8["engine"]["builder"] == "tensorrt_rtx"
+    assert int8["engine_accuracy"]["status"] == "not run"
+    meta = json.loads(next((tmp_path / "int8").glob("*-nn-*/1/model.plan.json")).read_text())
+    assert meta["profile"]["input_ids"]["max"] == [8, 64] and meta["bytes"] > 100_000
+    sparse = _rtx_deploy(tiny_rmirs["punctuation"], tmp_path / "sparse", tmp_path, "--nn.sparsity=2:4",
+                         "--allow-accuracy-drop")
+    assert sparse["sparsity"]["pruned"] > 0 and sparse["engine"]["bytes"] > 100_000

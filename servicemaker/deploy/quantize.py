@@ -17,6 +17,8 @@ inserting QuantizeLinear/DequantizeLinear pairs instead, and the same Q/DQ graph
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +125,10 @@ def calibrate(model: Any, calibration: Sequence[Feeds], settings: QuantSettings,
                                        "model.onnx.data").exists() or copy.ByteSize() > (1 << 30),
                                    providers=["CPUExecutionProvider"], extra_options=extra)
     inputs = {i.name for i in model.graph.input}
-    for batch in calibration:  # one batch at a time: histogram methods would otherwise hold every activation
-        calibrator.collect_data(_Reader([batch], inputs))
-    data = calibrator.compute_data()
+    with contextlib.redirect_stdout(io.StringIO()):  # ONNX Runtime's calibrators print their progress
+        for batch in calibration:  # one batch at a time: histogram methods would otherwise hold every activation
+            calibrator.collect_data(_Reader([batch], inputs))
+        data = calibrator.compute_data()
     ranges = {}
     for name in tensors:
         if name in data:
