@@ -7,7 +7,7 @@ mean-pooled embedding). Sequence 128, batch 1 and 8, the same ONNX Runtime threa
 Accuracy of (b) and (c) is measured against (a) on the 48 sample sentences servicemaker ships (not the calibration
 set): cosine of the outputs and top-1 agreement of the logits.
 
-    python benchmarks/optimize_cpu.py [--models minilm,bert-base] [--runs 30] [--threads 2]
+    python benchmarks/optimize_cpu.py [--models minilm,bert-base] [--runs 30] [--threads 2] [--fusion-ops auto]
 """
 
 from __future__ import annotations
@@ -130,14 +130,15 @@ def recipe_b(src: Path, dst: Path, heads: int, hidden: int) -> None:
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def recipe_c(src: Path, dst: Path, work: Path, threads: int, calib, samples) -> dict:
+def recipe_c(src: Path, dst: Path, work: Path, threads: int, calib, samples, fusion_ops: str = "auto") -> dict:
     import onnx
 
     from servicemaker.deploy import graph
     from servicemaker.deploy.optimize import CompileOptions, compile_network
 
     model = graph.fold_constants(onnx.load(str(src)))
-    opts = CompileOptions(target="onnxruntime", precision="int8", threads=threads, allow_accuracy_drop=True)
+    opts = CompileOptions(target="onnxruntime", precision="int8", threads=threads, allow_accuracy_drop=True,
+                          fusion_ops=fusion_ops)
     out, report = compile_network(model, opts, calib, samples, work / f"{src.stem}-c")
     graph.save(out, dst)
     return report
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="minilm,bert-base")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fusion-ops", default="auto", choices=("auto", "onnx", "ort_contrib"),
+                    help="what (c)'s fused patterns become (nn.fusion_ops)")
     args = ap.parse_args(argv)
 
     from servicemaker.deploy import accuracy
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe_b(src, b_path, heads, hidden)
             b_secs = time.perf_counter() - t
             t = time.perf_counter()
-            report = recipe_c(src, c_path, work, args.threads, calib, samples)
+            report = recipe_c(src, c_path, work, args.threads, calib, samples, args.fusion_ops)
             c_secs = time.perf_counter() - t
             after = report["ops_after"]
             fusion = (f"{after.get('Gelu', 0)} Gelu, "

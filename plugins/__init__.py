@@ -105,6 +105,17 @@ def is_scalar(tensor: Any, want: float, rel: float = 1e-3) -> bool:
     return got is not None and abs(got - want) <= rel * max(1.0, abs(want))
 
 
+def split_constant(node: Any) -> tuple[Any, np.ndarray] | None:
+    """A binary ``node`` with exactly one constant operand: (the other operand, the constant's value)."""
+    if len(node.inputs) != 2:
+        return None
+    for t, c in (node.inputs, node.inputs[::-1]):
+        value = constant(c)
+        if value is not None and constant(t) is None:
+            return t, value
+    return None
+
+
 def other_input(node: Any, tensor: Any) -> Any | None:
     """The input of a binary ``node`` that is not ``tensor``."""
     if len(node.inputs) != 2:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from servicemaker.plugins import (Fusion, Match, Partial, constant, consumers, detach, other_input, private, producer,
-                                  scalar)
+from servicemaker.plugins import (Fusion, Match, Partial, consumers, detach, other_input, private, producer, scalar,
+                                  split_constant)
 
 
 def _scaled(tensor: Any, graph: Any) -> tuple[Any, float, Any] | None:
@@ -24,11 +24,10 @@ def _scaled(tensor: Any, graph: Any) -> tuple[Any, float, Any] | None:
     node = producer(tensor)
     if node is None or node.op != "Mul" or len(consumers(tensor, graph)) != 1:
         return None
-    for t, c in (node.inputs, node.inputs[::-1]):
-        value = scalar(c)
-        if value is not None and constant(t) is None:
-            return t, value, node
-    return None
+    split = split_constant(node)
+    if split is None or split[1].size != 1:
+        return None
+    return split[0], float(split[1].ravel()[0]), node
 
 
 def find(graph: Any) -> tuple[list[Match], list[Partial]]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from servicemaker.plugins import (MS_DOMAIN, TRT_DOMAIN, Fusion, Match, Partial, constant, detach, is_scalar,
-                                  only_reader, other_input, private, producer, product_tree)
+from servicemaker.plugins import (MS_DOMAIN, TRT_DOMAIN, Fusion, Match, Partial, detach, is_scalar, only_reader,
+                                  other_input, private, producer, product_tree, split_constant)
 
 SQRT2 = math.sqrt(2.0)
 TANH_SCALE = math.sqrt(2.0 / math.pi)
@@ -42,11 +42,10 @@ def _bias(x: Any, graph: Any, inside: list[Any]) -> tuple[Any, Any, np.ndarray] 
     add = producer(x)
     if add is None or add.op != "Add" or not private(x, graph, inside):
         return None
-    for y, b in (add.inputs, add.inputs[::-1]):
-        bias = constant(b)
-        if bias is not None and bias.ndim == 1 and constant(y) is None:
-            return add, y, bias
-    return None
+    split = split_constant(add)
+    if split is None or split[1].ndim != 1:
+        return None
+    return add, split[0], split[1]
 
 
 def find(graph: Any) -> tuple[list[Match], list[Partial]]:

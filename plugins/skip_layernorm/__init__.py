@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from servicemaker.plugins import MS_DOMAIN, TRT_DOMAIN, Fusion, Match, Partial, constant, detach, private, producer
+from servicemaker.plugins import (MS_DOMAIN, TRT_DOMAIN, Fusion, Match, Partial, constant, detach, private, producer,
+                                  split_constant)
 
 
 def _rank3(tensor: Any) -> bool:
@@ -64,12 +65,9 @@ def find(graph: Any) -> tuple[list[Match], list[Partial]]:
             bias_add = producer(side)
             if bias_add is None or bias_add.op != "Add" or not private(side, graph, [add]):
                 continue
-            for y, c in (bias_add.inputs, bias_add.inputs[::-1]):
-                bias = constant(c)
-                if bias is not None and bias.ndim == 1 and bias.size == gamma.size and constant(y) is None:
-                    values.update(x=y, skip=other, bias=bias.astype(np.float32), bias_node=bias_add)
-                    break
-            if "bias" in values:
+            split = split_constant(bias_add)
+            if split is not None and split[1].ndim == 1 and split[1].size == gamma.size:
+                values.update(x=split[0], skip=other, bias=split[1].astype(np.float32), bias_node=bias_add)
                 break
         matches.append(Match([add, ln], values))
     return matches, partials

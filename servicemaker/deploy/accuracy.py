@@ -63,7 +63,7 @@ class Gate:
                             for name, o in self.outputs.items()}}
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         return 1.0 if na == nb else 0.0
@@ -89,7 +89,7 @@ def compare(reference: Sequence[Sequence[np.ndarray]], optimized: Sequence[Seque
                     r, o = r[keep], o[keep]
                 if r.size == 0:
                     continue
-                acc.cosines.append(_cos(r.ravel(), o.ravel()))
+                acc.cosines.append(cosine(r.ravel(), o.ravel()))
                 if r.ndim >= 1 and r.shape[-1] > 1:
                     same = np.argmax(r, axis=-1) == np.argmax(o, axis=-1)
                     acc.agree += int(np.sum(same))

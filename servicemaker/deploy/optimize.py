@@ -135,8 +135,10 @@ def _diff(before: list[list[np.ndarray]], after: list[list[np.ndarray]]) -> tupl
 
 
 def fuse(model: Any, flavor: str, feeds: Sequence[Feeds], threads: int = 0,
-         plugins: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Apply the fusion plugins to ``model``; each is checked against the graph before it and undone on mismatch."""
+         plugins: Sequence[str] | None = None, reference: list[list[np.ndarray]] | None = None
+         ) -> tuple[Any, dict[str, Any]]:
+    """Apply the fusion plugins to ``model``; each is checked against the graph before it and undone on mismatch.
+    ``reference``: ``model``'s outputs on ``feeds`` where the caller has them already."""
     import onnx
     import onnx_graphsurgeon as gs
 
@@ -144,7 +146,8 @@ def fuse(model: Any, flavor: str, feeds: Sequence[Feeds], threads: int = 0,
 
     report: dict[str, Any] = {"flavor": flavor, "plugins": {}}
     checked = flavor != "trt_plugin" and bool(feeds)
-    reference = run(model, feeds, threads) if checked else None
+    if checked and reference is None:
+        reference = run(model, feeds, threads)
     for name, fusion in registry().items():
         if plugins is not None and name not in plugins:
             continue
@@ -226,9 +229,11 @@ def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feed
     original = model
     report: dict[str, Any] = {"precision": opts.precision, "ops_before": count_ops(model)}
     flavor = flavor_for(opts.target, opts.fusion_ops)
+    names = [o.name for o in original.graph.output]
+    reference = run(original, samples, opts.threads) if samples else []  # the FP32 outputs every check compares to
     if opts.fuse:
         with step("Fusing GELU/LayerNorm/attention patterns"):
-            model, report["fusion"] = fuse(model, flavor, samples, opts.threads)
+            model, report["fusion"] = fuse(model, flavor, samples, opts.threads, reference=reference or None)
     if opts.sparsity == "2:4":
         with step("Pruning weights to 2:4 sparsity"):
             model, report["sparsity"] = sparsity.prune_2_4(model)
@@ -236,13 +241,13 @@ def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feed
         settings = quantize.QuantSettings(method=opts.calibration_method, symmetric_activations=opts.target == "tensorrt")
         with step(f"Calibrating INT8 ({opts.calibration_method}) on {len(calibration)} batches"):
             model, report["int8"] = quantize.quantize_gated(
-                model, original, calibration, samples, settings, opts.accuracy_tolerance, workdir, opts.threads)
+                model, reference, names, calibration, samples, settings, opts.accuracy_tolerance, workdir,
+                opts.threads)
     report["ops_after"] = count_ops(model)
     runnable = flavor != "trt_plugin" and bool(samples)
     if runnable:
         with step("Checking accuracy against the FP32 graph"):
-            gate = accuracy.compare(run(original, samples, opts.threads), run(model, samples, opts.threads),
-                                    samples, [o.name for o in original.graph.output])
+            gate = accuracy.compare(reference, run(model, samples, opts.threads), samples, names)
         report["accuracy"] = gate.as_dict(opts.accuracy_tolerance)
         if not gate.within(opts.accuracy_tolerance) and not opts.allow_accuracy_drop:
             raise AccuracyError(

@@ -234,9 +234,9 @@ def _with_outputs(model: Any, names: Sequence[str]) -> Any:
     return copy
 
 
-def _dequantized(int8: Any, tensor: str, inits: dict[str, np.ndarray]) -> tuple[Any, Any] | None:
-    """How ``tensor`` (a DQ output) is quantized: (source name, function fake-quantizing an array like it)."""
-    producers = {o: n for n in int8.graph.node for o in n.output}
+def _dequantized(producers: dict[str, Any], tensor: str, inits: dict[str, np.ndarray]) -> tuple[Any, Any] | None:
+    """How ``tensor`` (a DQ output) is quantized: (source name, function fake-quantizing an array like it), given
+    the graph's tensor → producing node map."""
     dq = producers.get(tensor)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
@@ -271,11 +271,12 @@ def sensitivity(fp32: Any, int8: Any, samples: Sequence[Feeds], threads: int = 0
     inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
     fp32_inits = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
     tensors = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
+    producers = {o: n for n in int8.graph.node for o in n.output}
     layers = []
     for node in int8.graph.node:
         if node.op_type not in QUANTIZED_OPS or len(node.input) < 2:
             continue
-        act, weight = _dequantized(int8, node.input[0], inits), _dequantized(int8, node.input[1], inits)
+        act, weight = _dequantized(producers, node.input[0], inits), _dequantized(producers, node.input[1], inits)
         if act is None or weight is None or weight[0] not in inits or act[0] not in tensors:
             continue
         original = next((n for n in fp32.graph.node if n.name == node.name), None)
@@ -291,7 +292,7 @@ def sensitivity(fp32: Any, int8: Any, samples: Sequence[Feeds], threads: int = 0
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         ref = np.concatenate([(x @ (w.T if trans_b else w)).ravel() for x in xs])
         got = np.concatenate([(fake(x) @ (w_q.T if trans_b else w_q)).ravel() for x in xs])
-        scores.append((node.name, round(1.0 - accuracy._cos(ref.astype(np.float64), got.astype(np.float64)), 8)))
+        scores.append((node.name, round(1.0 - accuracy.cosine(ref.astype(np.float64), got.astype(np.float64)), 8)))
     return sorted(scores, key=lambda s: -s[1])
 
 
@@ -300,10 +301,11 @@ def count_qdq(model: Any) -> dict[str, int]:
     return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
-def quantize_gated(model: Any, original: Any, calibration: Sequence[Feeds], samples: Sequence[Feeds],
-                   settings: QuantSettings, tolerance: float, workdir: Path, threads: int = 0
-                   ) -> tuple[Any, dict[str, Any]]:
-    """Quantize, then fall back to FP32 layer by layer while the gate against ``original`` fails."""
+def quantize_gated(model: Any, reference: Sequence[Sequence[np.ndarray]], names: Sequence[str],
+                   calibration: Sequence[Feeds], samples: Sequence[Feeds], settings: QuantSettings, tolerance: float,
+                   workdir: Path, threads: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Quantize, then fall back to FP32 layer by layer while the gate fails. ``reference``: the FP32 original's
+    outputs (``names``) on ``samples``."""
     from servicemaker.deploy.optimize import run
 
     started = time.perf_counter()
@@ -315,8 +317,6 @@ def quantize_gated(model: Any, original: Any, calibration: Sequence[Feeds], samp
         "weights": "int8 symmetric per-channel" if settings.per_channel else "int8 symmetric",
         "calibration_batches": len(calibration), "layers": len(layers), "kept_fp32": []}
     if samples:
-        names = [o.name for o in original.graph.output]
-        reference = run(original, samples, threads)
         gate = accuracy.compare(reference, run(int8, samples, threads), samples, names)
         report["first_attempt"] = gate.as_dict(tolerance)
         if not gate.within(tolerance):

@@ -95,9 +95,9 @@ def gpu_info() -> dict[str, str]:
     return dict(zip(("gpu", "compute_capability", "driver"), parts)) if len(parts) == 3 else {}
 
 
-def build_config(settings: EngineSettings) -> dict[str, Any]:
-    """polygraphy ``CreateConfig`` keyword arguments for ``settings`` (everything short of TensorRT itself)."""
-    kwargs: dict[str, Any] = {"profiles": [settings.profile], "workspace_mib": settings.workspace_mib}
+def build_flags(settings: EngineSettings) -> dict[str, Any]:
+    """polygraphy ``CreateConfig`` precision, sparsity and timing-cache arguments for ``settings``."""
+    kwargs: dict[str, Any] = {}
     if not use_rtx():  # TensorRT-RTX builds strongly typed networks and has no precision or sparsity flags
         kwargs.update(fp16=settings.fp16, sparse_weights=settings.sparse_weights)
         if settings.timing_cache is not None and settings.timing_cache.exists():
@@ -113,13 +113,11 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: EngineSettings) -> 
                                         network_from_onnx_path)
 
     trt = importlib.import_module("tensorrt_rtx" if use_rtx() else "tensorrt")
-    kwargs = build_config(settings)
     profile = Profile()
     for name, (lo, opt, hi) in settings.profile.items():
         profile.add(name, min=lo, opt=opt, max=hi)
-    kwargs["profiles"] = [profile]
-    kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: kwargs.pop("workspace_mib") << 20}
-    config = CreateConfig(**kwargs)
+    config = CreateConfig(profiles=[profile], **build_flags(settings),
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: settings.workspace_mib << 20})
     network = network_from_onnx_path(str(onnx_path))
     cache = str(settings.timing_cache) if settings.timing_cache is not None and not use_rtx() else None
     started = time.perf_counter()
