@@ -88,7 +88,7 @@ def export_models(work: Path, which: list[str]) -> dict[str, tuple[Path, int, in
 
 def feeds(texts: list[str], batch: int, pad_to: int | None = SEQ) -> list[dict[str, np.ndarray]]:
     from servicemaker.deploy.feeds import tokenized
-    from servicemaker.runtime.handlers import Tokenize
+    from servicemaker.runtime.nlp import Tokenize
     from servicemaker.samples.models import minilm_dir
 
     tok = Tokenize(str(minilm_dir()), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": str(SEQ)})

@@ -6,9 +6,10 @@ classes' schemas to ``schemas/`` and a sample; the tests are parametrized over t
 
 from __future__ import annotations
 
-from servicemaker.errors import UsageError
+from servicemaker.errors import UsageError, ValidationError
+from servicemaker.family import Family
 from servicemaker.pipeline import Pipeline
-from servicemaker.pipelines import (intent_slot, punctuation, qa, speech_recognition, speech_synthesis,
+from servicemaker.pipelines import (_nlp, intent_slot, punctuation, qa, speech_recognition, speech_synthesis,
                                     text_classification, token_classification)
 
 REGISTRY: dict[str, Pipeline] = {
@@ -20,6 +21,21 @@ REGISTRY: dict[str, Pipeline] = {
     "speech_recognition": speech_recognition.PIPELINE,
     "speech_synthesis": speech_synthesis.PIPELINE,
 }
+
+
+#: family name → its deploy hooks (see servicemaker/family.py); a pipeline names its family
+FAMILIES: dict[str, Family] = {
+    "nlp": _nlp.FAMILY,
+}
+
+
+def get_family(pipeline: Pipeline) -> Family:
+    try:
+        return FAMILIES[pipeline.family]
+    except KeyError:
+        raise ValidationError(f"svc-deploy cannot deploy the {pipeline.name} pipeline yet",
+                              hint="deployable pipelines: " + ", ".join(
+                                  n for n, p in REGISTRY.items() if p.family in FAMILIES)) from None
 
 
 def get_pipeline(name: str) -> Pipeline:

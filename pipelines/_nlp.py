@@ -1,7 +1,12 @@
-"""Pieces the five NLP pipelines share: tokenizer and network components, tensors."""
+"""The NLP family: pieces the five NLP pipelines share (tokenizer and network components, tensors) and the
+family's deploy hooks (graph check, tokenized sample inputs, TensorRT profile)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from servicemaker.errors import ValidationError
+from servicemaker.family import Family, NetworkJob, SampleFeeds
 from servicemaker.pipeline import Bind, Component, Param, Tensor, network_params, serving_params, tokenizer_params
 
 TEXT = Tensor(name="TEXT", dtype="STRING", dims=(1,))
@@ -35,3 +40,97 @@ def python(name: str, model_name: str, help: str, *, handler: str, binds: tuple[
            extra: tuple[Param, ...] = ()) -> Component:
     return Component(name=name, kind="python", model_name=model_name, help=help, params=serving_params() + extra,
                      binds=binds, handler=handler)
+
+
+class NlpFamily(Family):
+    """BERT-family networks between a WordPiece tokenizer and label decoders."""
+
+    name = "nlp"
+    runtime = "nlp"
+    requirements = {"onnx": ("numpy<2", "onnxruntime>=1.17"), "*": ("numpy<2", "tokenizers>=0.15")}
+
+    def check_graph(self, job: NetworkJob, model: Any) -> Any:
+        """The graph's inputs must be what the tokenizer gives, its outputs what the decoders read, and each labels
+        file must list as many labels as its output has classes."""
+        from servicemaker.deploy import graph as graphs
+        from servicemaker.runtime import nlp as runtime
+
+        sig = graphs.signature(model, job.where)
+        steps = job.spec.ensemble.steps
+        nn_step = next(s for s in steps if s.component == "nn")
+        producer = next(s for s in steps if set(nn_step.inputs.values()) & set(s.outputs.values()))
+        handler = _handler_class(job, producer.component)
+        feeds = {k: v for k, v in _decls(handler.OUTPUTS).items() if k in producer.outputs}
+        needs: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for out_name, tensor in nn_step.outputs.items():
+            for step in steps:
+                if step.component != "nn":
+                    consumer = _decls(_handler_class(job, step.component).INPUTS)
+                    needs.update({out_name: consumer[key] for key, src in step.inputs.items() if src == tensor})
+        problems = graphs.check_fits(sig, feeds, needs, job.where)
+        if "input_ids" not in {t.name for t in sig.inputs}:
+            problems.append("graph has no input_ids input")
+        nn_tensors = {tensor: out for out, tensor in nn_step.outputs.items()}
+        for step in steps:
+            if step.component == "nn":
+                continue
+            for key, role in _handler_class(job, step.component).LABELS.items():
+                path = job.files.get(step.component, {}).get(role)
+                out = sig.output(nn_tensors.get(step.inputs.get(key, ""), ""))
+                if path is None or out is None or not isinstance(out.shape[-1], int):
+                    continue
+                count = len(runtime.read_labels(str(path)))
+                if count != out.shape[-1]:
+                    source = job.spec.components[step.component].artifacts[role].source
+                    problems.append(f"{source} lists {count} labels but {out.name} has {out.shape[-1]} classes")
+        if problems:
+            raise ValidationError(f"{job.where} does not fit pipeline {job.spec.pipeline}", problems,
+                                  hint="export the model with the inputs/outputs docs/deploy.md lists")
+        return sig
+
+    def sample_feeds(self, job: NetworkJob) -> SampleFeeds:
+        """Calibration and gate sentences, tokenized by the pipeline's own tokenizer over the staged vocabulary."""
+        from servicemaker.deploy import feeds
+        from servicemaker.runtime import nlp as runtime
+
+        handler = job.pipeline.component("tokenizer").handler
+        assert handler is not None
+        params = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                  for k, v in job.component_params("tokenizer").items() if v is not None}
+        params.update({role: str(path.absolute()) for role, path in job.files.get("tokenizer", {}).items()})
+        tokenizer = runtime.create(handler, "/", params)
+        qa = handler == "tokenize_qa"
+        if job.calibration_path is not None:
+            examples = feeds.lines(job.calibration_path.read_text(encoding="utf-8", errors="replace"))
+            source = f"nn.calibration_data ({len(examples)} examples)"
+            if not examples:
+                raise ValidationError(f"{job.where}: the calibration data file has no examples",
+                                      hint="give --nn.calibration_data a text file with one example per line")
+        else:
+            examples = feeds.bundled("calibration")
+            source = f"servicemaker's default English sentences ({len(examples)} examples)"
+        return SampleFeeds(feeds.tokenized(examples, tokenizer, qa),
+                           feeds.tokenized(feeds.bundled("samples"), tokenizer, qa), source)
+
+    def engine_profile(self, job: NetworkJob) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Batch 1..max_batch_size × tokens 1..max_seq_length."""
+        from servicemaker.deploy import tensorrt
+
+        assert job.signature is not None
+        return tensorrt.profile_for([t.name for t in job.signature.inputs], int(job.params["max_batch_size"]),
+                                    int(job.component_params("tokenizer")["max_seq_length"]))
+
+
+def _handler_class(job: NetworkJob, component: str) -> Any:
+    from servicemaker.runtime import nlp as runtime
+
+    name = job.pipeline.component(component).handler
+    assert name is not None
+    return runtime.HANDLERS[name]
+
+
+def _decls(decls: tuple[tuple[str, str, tuple[int, ...]], ...]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (dtype, tuple(dims)) for name, dtype, dims in decls}
+
+
+FAMILY = NlpFamily()

@@ -7,6 +7,7 @@ from servicemaker.pipelines import _nlp
 PIPELINE = Pipeline(
     name="intent_slot",
     help="joint intent and slot classification (NeMo IntentSlotClassificationModel)",
+    family="nlp",
     inputs=(InputSlot(name="model", model_classes=("IntentSlotClassificationModel",), primary="nn"),),
     default_domain_name="misc",
     ensemble_name="riva_intent_{domain_name}",

@@ -7,6 +7,7 @@ from servicemaker.pipelines import _nlp
 PIPELINE = Pipeline(
     name="punctuation",
     help="punctuation and capitalization (NeMo PunctuationCapitalizationModel)",
+    family="nlp",
     inputs=(InputSlot(name="model", model_classes=("PunctuationCapitalizationModel",), primary="nn"),),
     ensemble_name="riva_punctuation",
     components=(

@@ -7,6 +7,7 @@ from servicemaker.pipelines import _nlp
 PIPELINE = Pipeline(
     name="qa",
     help="extractive question answering (NeMo QAModel)",
+    family="nlp",
     inputs=(InputSlot(name="model", model_classes=("QAModel",), primary="nn"),),
     ensemble_name="riva_qa",
     components=(

@@ -6,6 +6,7 @@ from servicemaker.pipeline import (Bind, Component, Ensemble, InputSlot, Param, 
 PIPELINE = Pipeline(
     name="speech_recognition",
     help="offline CTC speech recognition (NeMo EncDecCTCModel / EncDecCTCModelBPE)",
+    family="asr",
     inputs=(InputSlot(name="model", model_classes=("EncDecCTCModel", "EncDecCTCModelBPE"), primary="nn"),),
     ensemble_name="riva-asr-{language_code}",
     components=(

@@ -6,6 +6,7 @@ from servicemaker.pipeline import (Bind, Component, Ensemble, InputSlot, Param, 
 PIPELINE = Pipeline(
     name="speech_synthesis",
     help="text to speech (NeMo FastPitchModel + HifiGanModel, one export each)",
+    family="tts",
     inputs=(
         InputSlot(name="spectrogram_generator", model_classes=("FastPitchModel",), primary="spectrogram_generator"),
         InputSlot(name="vocoder", model_classes=("HifiGanModel",), primary="vocoder"),

@@ -7,6 +7,7 @@ from servicemaker.pipelines import _nlp
 PIPELINE = Pipeline(
     name="text_classification",
     help="sequence classification (NeMo TextClassificationModel)",
+    family="nlp",
     inputs=(InputSlot(name="model", model_classes=("TextClassificationModel",), primary="nn"),),
     default_domain_name="misc",
     ensemble_name="riva_text_classification_{domain_name}",

@@ -7,6 +7,7 @@ from servicemaker.pipelines import _nlp
 PIPELINE = Pipeline(
     name="token_classification",
     help="token classification, e.g. named entities (NeMo TokenClassificationModel)",
+    family="nlp",
     inputs=(InputSlot(name="model", model_classes=("TokenClassificationModel",), primary="nn"),),
     ensemble_name="riva_ner",
     components=(

@@ -176,6 +176,8 @@ class Ensemble(_Frozen):
 class Pipeline(_Frozen):
     name: str
     help: str
+    #: the family (``pipelines/__init__.py`` FAMILIES) whose deploy hooks and runtime handlers serve it
+    family: Literal["nlp", "asr", "tts"]
     inputs: tuple[InputSlot, ...]
     components: tuple[Component, ...]
     ensemble: Ensemble

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from servicemaker.pipelines import REGISTRY
-from servicemaker.runtime import handlers as h
+from servicemaker.pipelines import FAMILIES
+from servicemaker.runtime import common, nlp as h
 from servicemaker.samples.models import tiny_vocab
 
 
@@ -23,20 +24,26 @@ def strs(*rows):
     return np.array([[r.encode()] for r in rows], dtype=object)
 
 
-def test_handlers_import_nothing_of_servicemaker():
-    tree = ast.parse(open(h.__file__).read())
+@pytest.mark.parametrize("module", [common, h], ids=["common", "nlp"])
+def test_handlers_import_nothing_of_servicemaker(module):
+    tree = ast.parse(open(module.__file__).read())
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert modules <= {"__future__", "os", "typing", "numpy", "tokenizers", "onnxruntime"}
+    assert modules <= {"__future__", "os", "typing", "numpy", "tokenizers", "onnxruntime", "svc_common", None}
 
 
 def test_every_step_matches_its_handler_tensors():
+    import importlib
+
     for pipeline in REGISTRY.values():
+        if pipeline.family not in FAMILIES:
+            continue
+        runtime = importlib.import_module(f"servicemaker.runtime.{FAMILIES[pipeline.family].runtime}")
         for step in pipeline.ensemble.steps:
             comp = pipeline.component(step.component)
             if comp.kind == "network" or comp.handler is None:
                 continue
-            handler = h.HANDLERS[comp.handler]
+            handler = runtime.HANDLERS[comp.handler]
             assert set(step.inputs) == {n for n, _, _ in handler.INPUTS}, (pipeline.name, comp.name)
             assert set(step.outputs) <= {n for n, _, _ in handler.OUTPUTS}, (pipeline.name, comp.name)
 

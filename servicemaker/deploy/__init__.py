@@ -12,6 +12,7 @@ given RMIRs are replaced. Other models in the repository are never touched.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -28,18 +29,19 @@ from typing import Any, Callable
 
 from servicemaker import __version__
 from servicemaker.build import Reporter, SilentReporter, sha256_file
-from servicemaker.deploy import accuracy, feeds, optimize, tensorrt
+from servicemaker.deploy import accuracy, optimize, tensorrt
 from servicemaker.deploy import graph as graphs
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
 from servicemaker.eff import onnx_tar
 from servicemaker.eff.codecs import KeyRing, SaltTable
 from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
 from servicemaker.eff.reader import EffReader
+from servicemaker.family import Family, NetworkJob
 from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
 from servicemaker.keys import ArchiveArg, fallback_key
 from servicemaker.pipeline import Component, Pipeline, check_overrides
-from servicemaker.pipelines import get_pipeline
-from servicemaker.runtime import handlers as runtime
+from servicemaker.pipelines import get_family, get_pipeline
+from servicemaker.runtime import common
 from servicemaker.spec import ComponentSpec, PipelineSpec, read_spec
 
 TARGETS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-python")
@@ -49,9 +51,8 @@ STATUS_FILE = "deploy_status.json"
 STATUS_FORMAT = "servicemaker.deploy_status/1"
 REQUIREMENTS_FILE = "requirements.txt"
 HANDLER_FILE = "svc_handlers.py"
+COMMON_FILE = "svc_common.py"
 VERSION = "1"
-#: what the Python-backend models import; written to the repository's requirements.txt
-REQUIREMENTS = {"numpy": "numpy<2", "tokenizers": "tokenizers>=0.15", "onnxruntime": "onnxruntime>=1.17"}
 SERVING_PARAMS = {"max_batch_size", "instance_group_count", "max_queue_delay_microseconds"}
 
 
@@ -104,6 +105,7 @@ class RmirPlan:
     signature: graphs.Signature | None = None
     graph_path: Path | None = None
     calibration_path: Path | None = None
+    job: NetworkJob | None = None
 
 
 @dataclass
@@ -186,12 +188,7 @@ def read_rmirs(d: _Deploy) -> dict[str, Any]:
                                                                         salts=d.opts.salts), limits=d.opts.limits))
         spec = read_spec(reader.metadata, arg.shown)
         pipeline = get_pipeline(spec.pipeline)
-        unsupported = [c.name for c in pipeline.components if c.handler is None]
-        if unsupported:
-            raise ValidationError(f"{arg.shown}: svc-deploy cannot deploy the {spec.pipeline} pipeline yet "
-                                  f"(no Triton model for {', '.join(unsupported)})",
-                                  hint="deployable pipelines: text_classification, token_classification, "
-                                       "intent_slot, punctuation, qa")
+        get_family(pipeline)  # refuses a pipeline whose family svc-deploy cannot deploy yet
         missing = [f"{comp}.{role}: {ref.name}" for comp, cs in spec.components.items()
                    for role, ref in cs.artifacts.items() if ref.name not in reader.artifacts]
         unknown = sorted(set(spec.components) ^ {c.name for c in pipeline.components})
@@ -291,75 +288,48 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
     return {"artifacts": count}
 
 
-def _handler(rmir: RmirPlan, comp: str) -> type[runtime.Handler]:
+def _family(rmir: RmirPlan) -> Family:
+    return get_family(rmir.pipeline)
+
+
+def _runtime(rmir: RmirPlan) -> Any:
+    """The family's handler module (copied into its Python-backend models as ``svc_handlers.py``)."""
+    return importlib.import_module(f"servicemaker.runtime.{_family(rmir).runtime}")
+
+
+def _handler(rmir: RmirPlan, comp: str) -> type[common.Handler]:
     name = rmir.pipeline.component(comp).handler
     assert name is not None
-    return runtime.HANDLERS[name]  # type: ignore[return-value]
+    return _runtime(rmir).HANDLERS[name]
 
 
-def _nn_step(rmir: RmirPlan):
-    return next(s for s in rmir.spec.ensemble.steps if s.component == "nn")
-
-
-def _decls(decls: tuple[runtime.TensorDecl, ...]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {name: (dtype, tuple(dims)) for name, dtype, dims in decls}
+def _job(d: _Deploy, rmir: RmirPlan) -> NetworkJob:
+    """The network as the family's hooks see it (made once per RMIR, after the artifacts are staged)."""
+    if rmir.job is None:
+        assert rmir.graph_path is not None
+        files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
+                        for role, ref in rmir.spec.components[comp].artifacts.items()
+                        if _safe_dest(ref.source, role) in plan.files}
+                 for comp, plan in rmir.models.items() if comp != "ensemble"}
+        rmir.job = NetworkJob(
+            where=f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}",
+            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=rmir.graph_path, target=d.target,
+            params=_nn_params(d, rmir), files=files, calibration_path=rmir.calibration_path,
+            model_names={comp: plan.name for comp, plan in rmir.models.items()})
+    return rmir.job
 
 
 def check_graphs(d: _Deploy) -> dict[str, Any]:
-    """Read each network's signature and check it fits between its tokenizer and its decoders."""
+    """Read each network's signature; its family checks it fits the pipeline."""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
-        assert rmir.graph_path is not None
-        model = graphs.load(rmir.graph_path)
-        where = f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}"
-        sig = graphs.signature(model, where)
-        steps = rmir.spec.ensemble.steps
-        nn_step = _nn_step(rmir)
-        producer = next(s for s in steps if nn_step.inputs and set(nn_step.inputs.values()) & set(s.outputs.values()))
-        feeds = {k: v for k, v in _decls(_handler(rmir, producer.component).OUTPUTS).items() if k in producer.outputs}
-        needs: dict[str, tuple[str, tuple[int, ...]]] = {}
-        for out_name, tensor in nn_step.outputs.items():
-            for step in steps:
-                if step.component == "nn":
-                    continue
-                consumer = _decls(_handler(rmir, step.component).INPUTS)
-                for key, src in step.inputs.items():
-                    if src == tensor:
-                        needs[out_name] = consumer[key]
-        problems = graphs.check_fits(sig, feeds, needs, where)
-        problems += _label_counts(rmir, sig)
-        if problems:
-            raise ValidationError(f"{where} does not fit pipeline {rmir.spec.pipeline}", problems,
-                                  hint="export the model with the inputs/outputs docs/deploy.md lists")
-        rmir.signature = sig
+        job = _job(d, rmir)
+        model = graphs.load(job.graph_path)
+        sig = _family(rmir).check_graph(job, model)
+        rmir.signature = job.signature = sig
         out[rmir.spec.name] = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
         del model
     return out
-
-
-def _label_counts(rmir: RmirPlan, sig: graphs.Signature) -> list[str]:
-    """Each labels file must have as many labels as its network output has classes."""
-    problems = []
-    steps = rmir.spec.ensemble.steps
-    nn_tensors = {tensor: out for out, tensor in _nn_step(rmir).outputs.items()}
-    for step in steps:
-        if step.component == "nn":
-            continue
-        plan = rmir.models[step.component]
-        for key, role in _handler(rmir, step.component).LABELS.items():
-            ref = rmir.spec.components[step.component].artifacts.get(role)
-            out = sig.output(nn_tensors.get(step.inputs.get(key, ""), ""))
-            path = plan.files.get(_safe_dest(ref.source, role)) if ref is not None else None
-            if path is None or out is None or not isinstance(out.shape[-1], int):
-                continue
-            count = len(runtime.read_labels(str(path)))
-            if count != out.shape[-1]:
-                problems.append(f"{ref.source} lists {count} labels but {out.name} has {out.shape[-1]} classes")
-    return problems
-
-
-def _max_seq_length(rmir: RmirPlan) -> int:
-    return int(rmir.spec.components["tokenizer"].params["max_seq_length"])
 
 
 #: ``nn`` parameters svc-deploy may override (``--nn.<param>=VALUE``): the optimizing compiler's options
@@ -381,32 +351,6 @@ def _nn_params(d: _Deploy, rmir: RmirPlan) -> dict[str, Any]:
     return params
 
 
-def _sample_feeds(rmir: RmirPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """(calibration feeds, gate feeds, where the calibration text came from), tokenized by the pipeline's own
-    tokenizer over the staged vocabulary."""
-    cs = rmir.spec.components["tokenizer"]
-    name = rmir.pipeline.component("tokenizer").handler
-    assert name is not None
-    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in cs.params.items() if v is not None}
-    plan = rmir.models["tokenizer"]
-    for role, ref in cs.artifacts.items():
-        staged = plan.files.get(_safe_dest(ref.source, role))
-        if staged is not None:
-            params[role] = str(staged.absolute())
-    tokenizer = runtime.create(name, "/", params)
-    qa = name == "tokenize_qa"
-    if rmir.calibration_path is not None:
-        examples = feeds.lines(rmir.calibration_path.read_text(encoding="utf-8", errors="replace"))
-        source = f"nn.calibration_data ({len(examples)} examples)"
-        if not examples:
-            raise ValidationError(f"{rmir.arg.shown}: the calibration data file has no examples",
-                                  hint="give --nn.calibration_data a text file with one example per line")
-    else:
-        examples = feeds.bundled("calibration")
-        source = f"servicemaker's default English sentences ({len(examples)} examples)"
-    return feeds.tokenized(examples, tokenizer, qa), feeds.tokenized(feeds.bundled("samples"), tokenizer, qa), source
-
-
 def prepare_networks(d: _Deploy) -> dict[str, Any]:
     """Optimize each graph (fusion, sparsity, INT8, accuracy gate) and write it for the target: model.onnx, or a
     TensorRT model.plan with its metadata beside it."""
@@ -417,10 +361,11 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             continue
         assert rmir.graph_path is not None and rmir.signature is not None
         started = time.perf_counter()
-        params = _nn_params(d, rmir)
+        job, family = _job(d, rmir), _family(rmir)
+        params = job.params
         # Loaded again rather than kept from check_graphs: only one graph is in memory at a time.
         with d.rep.activity(f"Folding constants of {plan.name}"):
-            folded = graphs.fold_constants(graphs.load(rmir.graph_path))
+            folded = family.network_graph(job, graphs.fold_constants(graphs.load(rmir.graph_path)))
         precision = str(params.get("precision", "fp16"))
         opts = optimize.CompileOptions(
             target=d.target, precision=precision if d.target == "tensorrt" or precision == "int8" else "fp32",
@@ -429,14 +374,15 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             calibration_method=str(params.get("calibration_method", "percentile")),
             accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
             allow_accuracy_drop=d.opts.allow_accuracy_drop)
-        calibration, samples, source = _sample_feeds(rmir)
+        feeds = family.sample_feeds(job)
+        samples = feeds.gate
         try:
-            compiled, report = optimize.compile_network(folded, opts, calibration, samples,
+            compiled, report = optimize.compile_network(folded, opts, feeds.calibration, samples,
                                                         d.work(rmir) / "optimize", d.rep.activity)
         except optimize.AccuracyError as err:
             raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
         if precision == "int8":
-            report["int8"]["calibration_data"] = source
+            report["int8"]["calibration_data"] = feeds.source
         if precision == "fp16" and d.target != "tensorrt":
             report["note"] = "fp16 applies to TensorRT engines; the ONNX Runtime targets run FP32 here"
         plan.report = report
@@ -445,8 +391,7 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             onnx_path = d.work(rmir) / "model.onnx"
             graphs.save(compiled, onnx_path)
             settings = tensorrt.EngineSettings(
-                profile=tensorrt.profile_for([t.name for t in rmir.signature.inputs], int(params["max_batch_size"]),
-                                             _max_seq_length(rmir)),
+                profile=family.engine_profile(job),
                 fp16=precision in ("fp16", "int8"), int8=precision == "int8",
                 sparse_weights=params.get("sparsity") == "2:4",
                 workspace_mib=int(params.get("max_workspace_size", 4096)),
@@ -511,31 +456,37 @@ def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
     component: Component = rmir.pipeline.component(comp)
     params = cs.params
     plan = rmir.models[comp]
-    common = dict(name=plan.name, max_batch_size=int(params["max_batch_size"]),
-                  instance_count=int(params["instance_group_count"]),
-                  queue_delay_us=int(params["max_queue_delay_microseconds"]))
+    shared: dict[str, Any] = dict(name=plan.name, max_batch_size=int(params["max_batch_size"]),
+                                  instance_count=int(params["instance_group_count"]),
+                                  queue_delay_us=int(params["max_queue_delay_microseconds"]))
     if cs.kind == "network":
         assert rmir.signature is not None
         ins = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.inputs]
         outs = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.outputs]
         comment = f"{rmir.spec.pipeline} network from {rmir.arg.path.name}, target {d.target}"
         if d.target == "onnxruntime-python":
+            handler = _family(rmir).network_handler(_job(d, rmir))
+            ragged = getattr(_runtime(rmir).HANDLERS[handler], "RAGGED", ())
+            ins = [TensorSpec(t.name, t.data_type, t.dims, ragged=t.name in ragged) for t in ins]
             return ModelConfigSpec(template="python", inputs=ins, outputs=outs, comment=comment,
-                                   parameters={"handler": "onnx", "model": "model.onnx"}, **common)
+                                   parameters={"handler": handler, "model": "model.onnx"}, **shared)
         return ModelConfigSpec(template=d.target, inputs=ins, outputs=outs, comment=comment,
-                               instance_kind=d.instance_kind, **common)
-    handler = _handler(rmir, comp)
+                               instance_kind=d.instance_kind, **shared)
+    handler_cls = _handler(rmir, comp)
     parameters = {"handler": component.handler or ""}
     for key, value in params.items():
         if key not in SERVING_PARAMS and value is not None:
             parameters[key] = str(value).lower() if isinstance(value, bool) else str(value)
     for role, ref in cs.artifacts.items():
         parameters[role] = _safe_dest(ref.source, role)
+    parameters.update(_family(rmir).model_params(_job(d, rmir), comp))
+    sequence = handler_cls.SEQUENCE
     return ModelConfigSpec(
         template="python", comment=f"{rmir.spec.pipeline} {comp}: {component.help}",
-        inputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler.INPUTS],
-        outputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler.OUTPUTS],
-        parameters=parameters, **common)
+        inputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler_cls.INPUTS],
+        outputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler_cls.OUTPUTS],
+        sequence_idle_us=int(float(params.get("idle_timeout_s", 60)) * 1_000_000) if sequence else None,
+        parameters=parameters, **shared)
 
 
 def _ensemble_spec(rmir: RmirPlan) -> ModelConfigSpec:
@@ -577,14 +528,14 @@ def render_configs(d: _Deploy) -> dict[str, Any]:
 def write_models(d: _Deploy) -> dict[str, Any]:
     """Write config.pbtxt and the version folder of every model (Python glue, handlers, artifacts)."""
     glue = resources.files("servicemaker.templates") / "python" / "model.py"
-    handlers_src = Path(runtime.__file__)
     for plan in d.live():
         folder = d.staged(plan)
         (folder.parent / "config.pbtxt").write_text(plan.config_text, encoding="utf-8")
         assert plan.config is not None
         if plan.config.template == "python":
             (folder / "model.py").write_text(glue.read_text(encoding="utf-8"), encoding="utf-8")
-            shutil.copyfile(handlers_src, folder / HANDLER_FILE)
+            shutil.copyfile(common.__file__, folder / COMMON_FILE)
+            shutil.copyfile(_runtime(plan.rmir).__file__, folder / HANDLER_FILE)
         for dest, src in plan.files.items():
             shutil.copyfile(src, folder / dest)
         for path in folder.parent.rglob("*"):
@@ -594,12 +545,11 @@ def write_models(d: _Deploy) -> dict[str, Any]:
 
 
 def _requirements(d: _Deploy) -> list[str]:
-    needed = set()
+    needed: set[str] = set()
     for plan in d.live():
         if plan.config is not None and plan.config.template == "python":
-            handler = plan.config.parameters.get("handler")
-            needed.update({"numpy", "tokenizers"} if handler != "onnx" else {"numpy", "onnxruntime"})
-    return sorted(REQUIREMENTS[n] for n in needed)
+            needed.update(_family(plan.rmir).requirements_for(plan.config.parameters.get("handler", "")))
+    return sorted(needed)
 
 
 def commit(d: _Deploy) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class TemplateError(ServiceMakerError):
 class TensorSpec:
     name: str
     data_type: str
-    dims: tuple[int, ...]
+    dims: tuple[int, ...]              # without the batch axis; () for a [batch] tensor (rendered [1], reshaped)
+    ragged: bool = False               # allow_ragged_batch: requests of different lengths share a batch
 
     def __post_init__(self) -> None:
         if self.data_type not in DATA_TYPES:
@@ -59,6 +60,9 @@ class ModelConfigSpec:
     preferred_batch_sizes: list[int] = field(default_factory=list)
     parameters: dict[str, str] = field(default_factory=dict)
     steps: list[EnsembleStep] = field(default_factory=list)
+    #: Triton's sequence batcher (oldest strategy, START/READY/END/CORRID controls) instead of the dynamic one;
+    #: the idle timeout in microseconds
+    sequence_idle_us: int | None = None
 
     def context(self) -> dict[str, Any]:
         return {"m": {**self.__dict__, "template": f"{self.template}.pbtxt.j2", "tool_version": __version__}}
@@ -139,7 +143,7 @@ def _mismatches(spec: ModelConfigSpec, parsed: Any) -> list[str]:
         out.append("max_batch_size")
     for kind, want, got in (("input", spec.inputs, parsed.input), ("output", spec.outputs, parsed.output)):
         have = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
-        if have != [(t.name, t.data_type, tuple(t.dims)) for t in want]:
+        if have != [(t.name, t.data_type, tuple(t.dims) or (1,)) for t in want]:
             out.append(f"{kind} tensors")
     if {k: v.string_value for k, v in parsed.parameters.items()} != spec.parameters:
         out.append("parameters")

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from servicemaker.runtime import handlers as runtime
+from servicemaker.runtime import common as runtime
 
 Feeds = dict[str, np.ndarray]
 BATCH = 8

@@ -1,7 +1,15 @@
 """Triton Python-backend glue written by svc-deploy: requests → numpy → svc_handlers → responses.
 
 The handler and its settings come from this model's config.pbtxt ``parameters``; the files it reads lie next to
-this file. Only numpy, tokenizers and onnxruntime are needed (see requirements.txt at the repository root).
+this file, with ``svc_handlers.py`` (the pipeline family's handlers) and ``svc_common.py`` (the handler
+protocol). Only the packages in the repository's requirements.txt are needed.
+
+- Every request Triton hands over goes to the handler at once (``batch``), so handlers can run them together;
+  an error fails only its own request.
+- Models behind the sequence batcher (handlers with ``SEQUENCE = True``) get each request with its correlation
+  id and START/END flags (``stream``).
+- A ``network_model`` parameter gives the handler a callable that runs that Triton model (business logic
+  scripting), e.g. the acoustic model a streaming front end feeds.
 """
 
 import json
@@ -15,7 +23,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import svc_common  # noqa: E402
 import svc_handlers  # noqa: E402
+
+CONTROLS = ("START", "END", "READY", "CORRID")
 
 
 class TritonPythonModel:
@@ -25,17 +36,67 @@ class TritonPythonModel:
         self.handler = svc_handlers.create(params.pop("handler"), HERE, params)
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
+        if params.get("network_model"):
+            self.handler.network = _network(params["network_model"], params.get("network_outputs", ""))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        arrays, results = [], {}
+        for i, request in enumerate(requests):
             try:
-                arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
-                result = self.handler(arrays)
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name]).astype(dtype, copy=False))
-                           for name, dtype in self.outputs]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except Exception as err:  # one bad request must not take the model down
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"{type(err).__name__}: {err}")))
-        return responses
+                arrays.append((i, {name: _input(request, name) for name in self.inputs}))
+            except Exception as err:  # noqa: BLE001 - a malformed request fails alone
+                results[i] = err
+        if self.handler.SEQUENCE:
+            events = [svc_common.StreamEvent(_corrid(requests[i]), _flag(requests[i], "START"),
+                                             _flag(requests[i], "END"), a) for i, a in arrays]
+            answers = self.handler.stream(events)
+        else:
+            answers = self.handler.batch([a for _, a in arrays])
+        results.update({i: answer for (i, _), answer in zip(arrays, answers)})
+        return [self._response(results[i]) for i in range(len(requests))]
+
+    def _response(self, result):
+        if isinstance(result, Exception):
+            return pb_utils.InferenceResponse(
+                output_tensors=[], error=pb_utils.TritonError(f"{type(result).__name__}: {result}"))
+        try:
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name]).astype(dtype, copy=False))
+                       for name, dtype in self.outputs]
+        except Exception as err:  # noqa: BLE001
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ValueError(f"the request has no input {name}")
+    return tensor.as_numpy()
+
+
+def _flag(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return bool(tensor is not None and np.any(tensor.as_numpy()))
+
+
+def _corrid(request):
+    tensor = pb_utils.get_input_tensor_by_name(request, "CORRID")
+    if tensor is not None:
+        return int(np.asarray(tensor.as_numpy()).reshape(-1)[0])
+    return int(request.correlation_id())
+
+
+def _network(model_name, outputs):
+    """A callable running another model of this repository on a dict of arrays (business logic scripting)."""
+    names = [n for n in outputs.split(",") if n]
+
+    def run(feeds):
+        request = pb_utils.InferenceRequest(
+            model_name=model_name, requested_output_names=names,
+            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in feeds.items()])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{model_name}: {response.error().message()}")
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in names}
+
+    return run

@@ -1,13 +1,11 @@
-"""Pre/post-processing and network handlers that run inside Triton's Python backend.
+"""The NLP family's pre/post-processing handlers (Triton Python backend): WordPiece tokenization, label decoding,
+word merging, punctuation, QA spans.
 
-svc-deploy copies this one file, unchanged, into the version folder of every Python-backend model it writes
-(as ``svc_handlers.py``), next to a small ``model.py`` that turns Triton requests into numpy arrays and back. It is
-self-contained: it imports only numpy, tokenizers and (for the ``onnx`` handler) onnxruntime, never servicemaker,
-so a deployed repository runs without servicemaker installed.
+svc-deploy copies this file into the version folder of every NLP Python-backend model as ``svc_handlers.py``,
+beside ``svc_common.py`` (:mod:`.common`: the handler protocol); it imports only numpy and tokenizers, never
+servicemaker.
 
-Every handler works on one request's batch: ``handler(inputs) -> outputs`` with numpy arrays whose first axis is
-the batch. STRING tensors are numpy object arrays of ``bytes``. Word-level outputs of a batch are padded to the
-longest row with empty strings (and zero scores); clients drop trailing empty strings.
+Word-level outputs of a batch are padded to the longest row with empty strings (and zero scores); clients drop trailing empty strings.
 
 Conventions (documented in docs/deploy.md):
 - Words are the whitespace-separated words of the input text; each word takes the label of its first subword.
@@ -23,39 +21,17 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-Arrays = Dict[str, np.ndarray]
-#: (name, Triton data type, dims without the batch axis)
-TensorDecl = Tuple[str, str, Tuple[int, ...]]
+if __package__:  # inside servicemaker
+    from . import common
+else:  # in a deployed model folder, beside svc_common.py
+    import svc_common as common  # type: ignore[no-redef]
+
+Arrays, TensorDecl, Handler = common.Arrays, common.TensorDecl, common.Handler
+texts, strings, softmax, flag = common.texts, common.strings, common.softmax, common.flag
 
 ENCODED = (("input_ids", "TYPE_INT64", (-1,)), ("token_type_ids", "TYPE_INT64", (-1,)),
            ("attention_mask", "TYPE_INT64", (-1,)))
 WORDS = (("word_ids", "TYPE_INT32", (-1,)), ("words", "TYPE_STRING", (-1,)))
-
-
-# --- small helpers -------------------------------------------------------------------------------------------------
-
-def texts(array: np.ndarray) -> List[str]:
-    """One string per batch row of a [B] or [B, 1] STRING tensor."""
-    out = []
-    for item in np.asarray(array, dtype=object).reshape(len(array), -1)[:, 0]:
-        out.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
-    return out
-
-
-def strings(rows: Sequence[Sequence[str]]) -> np.ndarray:
-    """A [B, N] object array of utf-8 bytes, rows padded with empty strings."""
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), width), b"", dtype=object)
-    for i, row in enumerate(rows):
-        for j, s in enumerate(row):
-            out[i, j] = s.encode("utf-8")
-    return out
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 def read_labels(path: str) -> List[str]:
@@ -80,29 +56,6 @@ def decode(logits: np.ndarray, labels: Sequence[str]) -> Tuple[np.ndarray, np.nd
     return ids, np.take_along_axis(probs, ids[..., None], axis=-1)[..., 0]
 
 
-def _bool(value: str) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-class Handler:
-    """Base: ``INPUTS``/``OUTPUTS`` declare the tensors; ``__call__`` maps a batch of inputs to outputs."""
-
-    INPUTS: Tuple[TensorDecl, ...] = ()
-    OUTPUTS: Tuple[TensorDecl, ...] = ()
-    #: input tensor → the parameter naming its labels file (svc-deploy checks the counts against the graph)
-    LABELS: Dict[str, str] = {}
-
-    def __init__(self, folder: str, params: Dict[str, str]) -> None:
-        self.folder = folder
-        self.params = params
-
-    def file(self, key: str) -> str:
-        return os.path.join(self.folder, self.params[key])
-
-    def __call__(self, inputs: Arrays) -> Arrays:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
 # --- tokenizers ----------------------------------------------------------------------------------------------------
 
 def wordpiece(folder: str, params: Dict[str, str]):
@@ -114,7 +67,7 @@ def wordpiece(folder: str, params: Dict[str, str]):
     for special in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
         if special not in vocab:
             raise ValueError(f"vocabulary {params['vocab']} has no {special} token")
-    return BertWordPieceTokenizer(path, lowercase=_bool(params["lower_case"]))
+    return BertWordPieceTokenizer(path, lowercase=flag(params["lower_case"]))
 
 
 class Tokenize(Handler):
@@ -391,28 +344,6 @@ class QASpan(Handler):
                 "ANSWER_END": np.array(ends, dtype=np.int32).reshape(-1, 1)}
 
 
-# --- the network on ONNX Runtime (target onnxruntime-python) ---------------------------------------------------------
-
-class OnnxNetwork(Handler):
-    """Runs ``model.onnx`` with ONNX Runtime; the tensors are the graph's own (declared in config.pbtxt)."""
-
-    def __init__(self, folder: str, params: Dict[str, str]) -> None:
-        super().__init__(folder, params)
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        threads = int(params.get("intra_op_threads", "0"))
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(self.file("model"), opts, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, inputs: Arrays) -> Arrays:
-        results = self.session.run(self.outputs, {name: inputs[name] for name in self.inputs})
-        return dict(zip(self.outputs, results))
-
-
 HANDLERS: Dict[str, Callable[[str, Dict[str, str]], Handler]] = {
     "tokenize": Tokenize,
     "tokenize_qa": TokenizeQA,
@@ -424,11 +355,9 @@ HANDLERS: Dict[str, Callable[[str, Dict[str, str]], Handler]] = {
     "slot_words": SlotWords,
     "punct_words": PunctWords,
     "qa_span": QASpan,
-    "onnx": OnnxNetwork,
+    "onnx": common.OnnxNetwork,
 }
 
 
 def create(name: str, folder: str, params: Dict[str, str]) -> Handler:
-    if name not in HANDLERS:
-        raise ValueError(f"unknown handler '{name}'")
-    return HANDLERS[name](folder, params)
+    return common.create_from(HANDLERS, name, folder, params)

@@ -1,0 +1,85 @@
+"""Pipeline families (NLP, ASR, ...): what svc-deploy's domain-agnostic steps ask of a domain.
+
+Each family (``pipelines/_nlp.py``, ``pipelines/_asr.py``) subclasses :class:`Family` and the registry in
+``pipelines/__init__.py`` maps its name to it; a :class:`~servicemaker.pipeline.Pipeline` names its family. The
+deploy steps call these hooks with a :class:`NetworkJob` and never look at tokenizers, audio or labels themselves:
+
+- ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
+- ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front);
+- ``sample_feeds``: calibration and accuracy-gate inputs for the optimizing compiler;
+- ``engine_profile``: TensorRT optimization profile;
+- ``model_params``: extra config.pbtxt parameters of a Python-backend component (e.g. the network's name);
+- ``runtime``: the module of ``servicemaker/runtime`` whose handlers the family's Python models run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the deploy layer's types; families import it lazily
+    from servicemaker.deploy.graph import Signature
+    from servicemaker.pipeline import Pipeline
+    from servicemaker.spec import PipelineSpec
+
+Feeds = dict[str, Any]
+
+
+@dataclass
+class NetworkJob:
+    """One RMIR's network as the deploy steps see it; ``state`` is the family's own scratch space."""
+
+    where: str                          # "<rmir>: graph <source>", for messages
+    spec: PipelineSpec
+    pipeline: Pipeline
+    graph_path: Path
+    target: str
+    params: dict[str, Any]              # the nn component's parameters, svc-deploy's overrides applied
+    files: dict[str, dict[str, Path]]   # python component → {artifact role: staged file}
+    model_names: dict[str, str]         # component → Triton model name
+    calibration_path: Path | None = None
+    signature: Signature | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def component_params(self, component: str) -> dict[str, Any]:
+        return dict(self.spec.components[component].params)
+
+
+@dataclass
+class SampleFeeds:
+    calibration: list[Feeds]
+    gate: list[Feeds]
+    source: str                         # where the calibration data came from, for the report
+
+
+class Family:
+    """Base hooks; a family overrides what its domain needs."""
+
+    name = ""
+    #: module under servicemaker.runtime holding this family's Triton handlers
+    runtime = ""
+    #: handler name (``*``: any other) → requirement lines the Python backend needs for it (requirements.txt)
+    requirements: dict[str, tuple[str, ...]] = {}
+
+    def requirements_for(self, handler: str) -> tuple[str, ...]:
+        return self.requirements.get(handler, self.requirements.get("*", ()))
+
+    def check_graph(self, job: NetworkJob, model: Any) -> Signature:
+        raise NotImplementedError
+
+    def network_graph(self, job: NetworkJob, folded: Any) -> Any:
+        return folded
+
+    def sample_feeds(self, job: NetworkJob) -> SampleFeeds:
+        raise NotImplementedError
+
+    def engine_profile(self, job: NetworkJob) -> dict[str, tuple[tuple[int, ...], ...]]:
+        raise NotImplementedError
+
+    def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
+        return {}
+
+    def network_handler(self, job: NetworkJob) -> str:
+        """The handler of the network model on the onnxruntime-python target."""
+        return "onnx"

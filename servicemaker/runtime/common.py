@@ -1,0 +1,130 @@
+"""What every family's Python-backend handlers share: the handler protocol, tensor helpers, the ONNX Runtime
+network handler.
+
+svc-deploy copies this file into the version folder of every Python-backend model it writes, as
+``svc_common.py``, next to the family's handler module (``svc_handlers.py``: :mod:`.nlp`, :mod:`.asr`) and a small
+``model.py`` that turns Triton requests into numpy arrays and back. It imports only numpy (and onnxruntime for the
+``onnx`` handler), never servicemaker, so a deployed repository runs without servicemaker installed.
+
+The protocol (see ``templates/python/model.py``):
+- ``Handler.__call__(inputs) -> outputs`` maps one request's batch (numpy arrays, first axis the batch; STRING
+  tensors are object arrays of ``bytes``) to its outputs.
+- ``Handler.batch(requests)`` gets every request Triton hands the model at once; the default calls ``__call__``
+  on each, so one bad request fails alone. Handlers that gain from running requests together override it.
+- Handlers with ``SEQUENCE = True`` sit behind Triton's sequence batcher: ``stream(events)`` gets each request
+  with its correlation id and START/END flags, and keeps per-sequence state itself.
+- ``network``: set by the glue when the model's config names a ``network_model``: a callable running that Triton
+  model (business logic scripting) on a dict of arrays; tests set it to an in-process runner.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+Arrays = Dict[str, np.ndarray]
+#: (name, Triton data type, dims without the batch axis)
+TensorDecl = Tuple[str, str, Tuple[int, ...]]
+Result = Union[Arrays, Exception]
+
+
+class StreamEvent(NamedTuple):
+    """One request of a sequence: its correlation id, Triton's START/END flags and its input arrays."""
+
+    corrid: int
+    start: bool
+    end: bool
+    inputs: Arrays
+
+
+def texts(array: np.ndarray) -> List[str]:
+    """One string per batch row of a [B] or [B, 1] STRING tensor."""
+    out = []
+    for item in np.asarray(array, dtype=object).reshape(len(array), -1)[:, 0]:
+        out.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
+    return out
+
+
+def strings(rows: Sequence[Sequence[str]]) -> np.ndarray:
+    """A [B, N] object array of utf-8 bytes, rows padded with empty strings."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), b"", dtype=object)
+    for i, row in enumerate(rows):
+        for j, s in enumerate(row):
+            out[i, j] = s.encode("utf-8")
+    return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+
+def flag(value: str) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class Handler:
+    """Base: ``INPUTS``/``OUTPUTS`` declare the tensors; ``__call__`` maps a batch of inputs to outputs."""
+
+    INPUTS: Tuple[TensorDecl, ...] = ()
+    OUTPUTS: Tuple[TensorDecl, ...] = ()
+    #: input tensor → the parameter naming its labels file (svc-deploy checks the counts against the graph)
+    LABELS: Dict[str, str] = {}
+    #: True for handlers behind Triton's sequence batcher (they implement :meth:`stream`)
+    SEQUENCE = False
+
+    def __init__(self, folder: str, params: Dict[str, str]) -> None:
+        self.folder = folder
+        self.params = params
+        self.network: Optional[Callable[[Arrays], Arrays]] = None
+
+    def file(self, key: str) -> str:
+        return os.path.join(self.folder, self.params[key])
+
+    def __call__(self, inputs: Arrays) -> Arrays:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch(self, requests: List[Arrays]) -> List[Result]:
+        """Every request Triton hands the model at once; an exception stands for that request's error."""
+        out: List[Result] = []
+        for inputs in requests:
+            try:
+                out.append(self(inputs))
+            except Exception as err:  # noqa: BLE001 - one bad request must not fail the others
+                out.append(err)
+        return out
+
+    def stream(self, events: List[StreamEvent]) -> List[Result]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class OnnxNetwork(Handler):
+    """Runs ``model.onnx`` with ONNX Runtime; the tensors are the graph's own (declared in config.pbtxt)."""
+
+    def __init__(self, folder: str, params: Dict[str, str]) -> None:
+        super().__init__(folder, params)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        threads = int(params.get("intra_op_threads", "0"))
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(self.file("model"), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        results = self.session.run(self.outputs, {name: inputs[name] for name in self.inputs})
+        return dict(zip(self.outputs, results))
+
+
+def create_from(handlers: Dict[str, Callable[[str, Dict[str, str]], Handler]], name: str, folder: str,
+                params: Dict[str, str]) -> Handler:
+    if name not in handlers:
+        raise ValueError(f"unknown handler '{name}'")
+    return handlers[name](folder, params)
