@@ -101,3 +101,22 @@ def test_onnx_tar_satisfies_onnx():
     arts = {"model_config.yaml": {}, "model_graph.onnx.tar": {"onnx": True}}
     meta = {"obj_cls": "nemo.collections.tts.models.HifiGanModel", "min_nemo_version": "1.9"}
     assert _check(s, meta, arts, {"sample_rate": 22050, "n_mel_channels": 80}) == []
+
+
+def test_real_nemo_speech_configs_are_accepted():
+    """What NeMo 3.0 + nemo2riva 2.22 really write: the BPE tokenizer as ``model_path``, a HiFi-GAN config with
+    no top-level sample_rate or n_mel_channels, a char model with no preprocessor keys beyond NeMo's defaults."""
+    schemas = load_schemas()
+    bpe_meta = {"obj_cls": "nemo.collections.asr.models.EncDecCTCModelBPE", "min_nemo_version": "1.3"}
+    bpe_arts = {"model_config.yaml": {}, "model_graph.onnx": {"onnx": True}, "3f2c_tokenizer.model": {}}
+    bpe_cfg = {"decoder": {"vocabulary": ["▁a", "b"]},
+               "tokenizer": {"type": "bpe", "model_path": "nemo:3f2c_tokenizer.model", "dir": "/tmp/x"}}
+    assert _check(schemas["EncDecCTCModelBPE"], bpe_meta, bpe_arts, bpe_cfg) == []
+    assert _check(schemas["EncDecCTCModelBPE"], bpe_meta, {k: v for k, v in bpe_arts.items() if "token" not in k},
+                  bpe_cfg) != []
+    hifi_meta = {"obj_cls": "nemo.collections.tts.models.HifiGanModel", "min_nemo_version": "1.3"}
+    assert _check(schemas["HifiGanModel"], hifi_meta, {"model_config.yaml": {}, "model_graph.onnx": {"onnx": True}},
+                  {"generator": {"upsample_rates": [8, 8, 2, 2]}}) == []
+    ctc_meta = {"obj_cls": "nemo.collections.asr.models.EncDecCTCModel", "min_nemo_version": "1.3"}
+    assert _check(schemas["EncDecCTCModel"], ctc_meta, {"model_config.yaml": {}, "model_graph.onnx": {"onnx": True}},
+                  {"decoder": {"vocabulary": [" ", "a"]}}) == []
