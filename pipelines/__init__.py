@@ -9,8 +9,9 @@ from __future__ import annotations
 from servicemaker.errors import UsageError, ValidationError
 from servicemaker.family import Family
 from servicemaker.pipeline import Pipeline
-from servicemaker.pipelines import (_nlp, intent_slot, punctuation, qa, speech_recognition, speech_synthesis,
-                                    text_classification, token_classification)
+from servicemaker.pipelines import (_asr, _nlp, intent_slot, punctuation, qa, speech_recognition,
+                                    speech_recognition_offline, speech_synthesis, text_classification,
+                                    token_classification)
 
 REGISTRY: dict[str, Pipeline] = {
     "text_classification": text_classification.PIPELINE,
@@ -19,6 +20,7 @@ REGISTRY: dict[str, Pipeline] = {
     "punctuation": punctuation.PIPELINE,
     "qa": qa.PIPELINE,
     "speech_recognition": speech_recognition.PIPELINE,
+    "speech_recognition_offline": speech_recognition_offline.PIPELINE,
     "speech_synthesis": speech_synthesis.PIPELINE,
 }
 
@@ -26,6 +28,7 @@ REGISTRY: dict[str, Pipeline] = {
 #: family name → its deploy hooks (see servicemaker/family.py); a pipeline names its family
 FAMILIES: dict[str, Family] = {
     "nlp": _nlp.FAMILY,
+    "asr": _asr.FAMILY,
 }
 
 
@@ -43,6 +46,18 @@ def get_pipeline(name: str) -> Pipeline:
         return REGISTRY[name]
     except KeyError:
         raise UsageError(f"unknown pipeline '{name}'", hint=f"pipelines: {', '.join(REGISTRY)}") from None
+
+
+def variant(pipeline: Pipeline, overrides: dict[str, str]) -> Pipeline:
+    """The pipeline a switch such as ``--offline`` selects (the switch is consumed from ``overrides``)."""
+    for flag, other in pipeline.variants.items():
+        if flag in overrides:
+            raw = overrides.pop(flag).strip().lower()
+            if raw in ("true", "1", "yes", "on"):
+                return get_pipeline(other)
+            if raw not in ("false", "0", "no", "off"):
+                raise UsageError(f"--{flag}={raw}: expected true or false")
+    return pipeline
 
 
 def pipelines_for_class(model_class: str) -> list[str]:

@@ -41,7 +41,7 @@ _CODEC_PROPS = {"encryption", "sha256", "size", "kdf", "kdf_n", "kdf_r", "kdf_p"
                 "component", "source"}
 #: metadata of an input recorded in the spec
 _INPUT_METADATA = ("format_version", "min_nemo_version", "runtime", "description", "onnx_archive_format")
-MAX_OPTION_FILE_BYTES = 256 * 1024 * 1024
+MAX_OPTION_FILE_BYTES = 8 * 1024 ** 3  # n-gram LMs are large; option files are streamed
 
 
 class Reporter(Protocol):
@@ -270,6 +270,7 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
                                                 or "model")),
         )
         ensemble_name = opts.name or pipeline.ensemble_name.format_map(fmt)
+        fmt["name"] = ensemble_name
 
         # -- owners of artifacts --------------------------------------------------------------------------------------
         owner: dict[tuple[str, str], str] = {}

@@ -5,7 +5,7 @@ Triton model names, and the ensemble graph svc-deploy builds. Pipelines are data
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -184,6 +184,11 @@ class Pipeline(_Frozen):
     ensemble_name: str
     default_domain_name: str | None = None
     default_language_code: str = "en-US"
+    #: Riva's flag names for component parameters: ``--chunk_size`` means ``--featurizer.chunk_size`` here
+    aliases: dict[str, str] = {}
+    #: switches (flags without a value) that select another registered pipeline: ``--offline`` →
+    #: ``speech_recognition_offline``
+    variants: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
@@ -255,16 +260,25 @@ def tokenizer_params(*, max_seq_length: int = 128) -> tuple[Param, ...]:
     )
 
 
-def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split ``--comp.param=value`` / ``--comp.param value`` tokens from positional ones."""
+def parse_overrides(args: list[str], flat: Iterable[str] = (), switches: Iterable[str] = ()
+                    ) -> tuple[dict[str, str], list[str]]:
+    """Split ``--comp.param=value`` / ``--comp.param value`` tokens from positional ones.
+
+    ``flat`` names undotted flags that are parameters too (a pipeline's Riva aliases); ``switches`` name flags
+    that take no value (recorded as ``"true"``, or the value after ``=``).
+    """
+    flat, switches = set(flat), set(switches)
     overrides: dict[str, str] = {}
     rest: list[str] = []
     i = 0
     while i < len(args):
         tok = args[i]
-        if tok.startswith("--") and "." in tok.split("=", 1)[0]:
+        name = tok[2:].split("=", 1)[0]
+        if tok.startswith("--") and ("." in name or name in flat or name in switches):
             key, sep, value = tok[2:].partition("=")
-            if not sep:
+            if not sep and key in switches:
+                value = "true"
+            elif not sep:
                 if i + 1 >= len(args):
                     raise UsageError(f"--{key} needs a value", hint=f"write --{key}=VALUE")
                 value = args[i + 1]
@@ -273,11 +287,24 @@ def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
                 raise UsageError(f"--{key} is given twice")
             overrides[key] = value
         elif tok.startswith("-") and tok != "-":
-            raise UsageError(f"unknown option {tok}", hint="see --help")
+            hint = ("this pipeline's flags: " + ", ".join(f"--{n}" for n in sorted(flat | switches))
+                    if flat or switches else "see --help")
+            raise UsageError(f"unknown option {tok}", hint=hint)
         else:
             rest.append(tok)
         i += 1
     return overrides, rest
+
+
+def resolve_aliases(pipeline: Pipeline, overrides: dict[str, str]) -> dict[str, str]:
+    """Riva's flag names → ``component.param`` keys; two flags naming one parameter is an error."""
+    out: dict[str, str] = {}
+    for key, value in overrides.items():
+        target = pipeline.aliases.get(key, key)
+        if target in out:
+            raise UsageError(f"--{key} sets {target}, which another flag already sets")
+        out[target] = value
+    return out
 
 
 def check_overrides(pipeline: Pipeline, overrides: dict[str, str]) -> dict[tuple[str, str], Any]:
@@ -285,7 +312,7 @@ def check_overrides(pipeline: Pipeline, overrides: dict[str, str]) -> dict[tuple
     valid = {f"{c.name}.{p.name}": (c, p) for c in pipeline.components for p in c.params}
     problems: list[str] = []
     out: dict[tuple[str, str], Any] = {}
-    for key, raw in overrides.items():
+    for key, raw in resolve_aliases(pipeline, overrides).items():
         if key not in valid:
             problems.append(f"--{key} is not a parameter of pipeline {pipeline.name}")
             continue
@@ -296,7 +323,8 @@ def check_overrides(pipeline: Pipeline, overrides: dict[str, str]) -> dict[tuple
             problems.append(str(err))
     if problems:
         unknown = any("is not a parameter" in p for p in problems)
-        hint = ("valid parameters: " + ", ".join(f"--{n}" for n in valid)) if unknown else None
+        hint = ("valid parameters: " + ", ".join([f"--{n}" for n in valid] + [f"--{n}" for n in pipeline.aliases])
+                ) if unknown else None
         raise UsageError("; ".join(problems), hint=hint)
     return out
 

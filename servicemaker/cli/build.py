@@ -13,7 +13,7 @@ from servicemaker.eff.codecs import SaltTable
 from servicemaker.errors import UsageError
 from servicemaker.keys import parse_archive_arg
 from servicemaker.pipeline import parse_overrides
-from servicemaker.pipelines import REGISTRY, get_pipeline
+from servicemaker.pipelines import REGISTRY, get_pipeline, variant
 
 EPILOG = ("Pipelines: " + ", ".join(REGISTRY) + ". Keys: PATH:KEY, PATH:env:VAR, PATH:file:KEYFILE, or "
           "$SERVICEMAKER_KEY for inputs. Parameters: --<component>.<param>=VALUE; list them with --list-params.")
@@ -24,10 +24,15 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions
 def _list_params(name: str) -> None:
     pipeline = get_pipeline(name)
     out_console.print(f"{pipeline.name}: {pipeline.help}", markup=False)
+    for flag, other in pipeline.variants.items():
+        out_console.print(f"  --{flag}: build the {other} pipeline instead", markup=False)
+    riva = {target: flag for flag, target in pipeline.aliases.items()}
     for comp in pipeline.components:
         out_console.print(f"  {comp.name} ({comp.kind}): {comp.help}", markup=False)
         for p in comp.params:
-            out_console.print(f"    --{comp.name}.{p.describe()}", markup=False)
+            alias = riva.get(f"{comp.name}.{p.name}")
+            out_console.print(f"    --{comp.name}.{p.describe()}" + (f" [Riva: --{alias}]" if alias else ""),
+                              markup=False)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=EPILOG)
@@ -57,11 +62,15 @@ def svc_build(
         if list_params:
             _list_params(list_params)
             return
-        overrides, positional = parse_overrides(list(args or []) + list(ctx.args))
+        tokens = list(args or []) + list(ctx.args)
+        first = next((t for t in tokens if not t.startswith("-")), None)
+        chosen = get_pipeline(first) if first is not None else None
+        overrides, positional = parse_overrides(tokens, chosen.aliases if chosen else (),
+                                                chosen.variants if chosen else ())
         if len(positional) < 2:
             raise UsageError("missing arguments", hint="svc-build PIPELINE OUTPUT.rmir[:KEY] INPUT.riva[:KEY]...")
         pipeline, output, *inputs = positional
-        get_pipeline(pipeline)
+        pipeline = variant(get_pipeline(pipeline), overrides).name
         result = build(BuildOptions(
             pipeline=pipeline, output=parse_archive_arg(output), inputs=[parse_archive_arg(a) for a in inputs],
             force=force, name=name, domain_name=domain_name, language_code=language_code,
