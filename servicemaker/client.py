@@ -1,5 +1,6 @@
-"""A small tritonclient wrapper for the NLP ensembles' client contract (one string per batch row), over HTTP or
-gRPC. Used by ``svc-serve --query``, the end-to-end tests and the serving benchmark."""
+"""A small tritonclient wrapper for the ensembles' client contract, over HTTP or gRPC: one string per batch row
+for the NLP ensembles; mono audio (one utterance per request, or a stream of chunks in one sequence) for speech
+recognition. Used by ``svc-serve --query/--audio``, the end-to-end tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -34,12 +35,74 @@ def infer(client: Any, model: str, inputs: Mapping[str, Sequence[str]], protocol
         tensor = module.InferInput(name, list(array.shape), "BYTES")
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
-    result = client.infer(model, tensors)
+    return _outputs(client.infer(model, tensors), protocol)
+
+
+def _audio_inputs(module: Any, audio: np.ndarray, sample_rate: int) -> list[Any]:
+    signal = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(1, -1))
+    rate = np.array([[sample_rate]], dtype=np.int32)
+    out = []
+    for name, array, dtype in (("AUDIO_SIGNAL", signal, "FP32"), ("SAMPLE_RATE", rate, "INT32")):
+        tensor = module.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        out.append(tensor)
+    return out
+
+
+def _outputs(result: Any, protocol: str) -> dict[str, np.ndarray]:
     if protocol == "http":
         names = [o["name"] for o in result.get_response()["outputs"]]
     else:
         names = [o.name for o in result.get_response().outputs]
     return {name: result.as_numpy(name) for name in names}
+
+
+def transcribe(client: Any, model: str, audio: np.ndarray, sample_rate: int, protocol: str = "http"
+               ) -> dict[str, Any]:
+    """One utterance through an offline speech_recognition ensemble: TRANSCRIPT, WORDS, WORD_START/END_MS."""
+    result = client.infer(model, _audio_inputs(_module(protocol), audio, sample_rate))
+    return readable(_outputs(result, protocol))[0]
+
+
+def transcribe_stream(client: Any, model: str, audio: np.ndarray, sample_rate: int, *, sequence_id: int,
+                      chunk_seconds: float = 0.16, protocol: str = "http") -> list[dict[str, Any]]:
+    """Send ``audio`` in chunks as one sequence of a streaming ensemble; every response (the last is final)."""
+    module = _module(protocol)
+    step = max(1, int(round(chunk_seconds * sample_rate)))
+    starts = list(range(0, max(len(audio), 1), step))
+    answers = []
+    for i, start in enumerate(starts):
+        result = client.infer(model, _audio_inputs(module, audio[start:start + step], sample_rate),
+                              sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(starts) - 1)
+        answers.append(readable(_outputs(result, protocol))[0])
+    return answers
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (8/16/32-bit) as float32 mono samples in [-1, 1] and its sample rate."""
+    import wave
+
+    with wave.open(str(path), "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        raw = f.readframes(f.getnframes())
+    kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2147483648.0)}
+    if width not in kinds:
+        raise ValueError(f"{path}: {8 * width}-bit WAV is not supported (use 8, 16 or 32-bit PCM)")
+    dtype, offset, scale = kinds[width]
+    samples = (np.frombuffer(raw, dtype=dtype).astype(np.float32) - offset) / scale
+    return samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """float samples in [-1, 1] as a 16-bit mono PCM WAV file."""
+    import wave
+
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())
 
 
 def readable(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -70,12 +133,17 @@ def readable(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def ensembles(repo: str | Path) -> dict[str, list[str]]:
     """The ensembles of a repository and their input names, from their config.pbtxt."""
+    return {name: inputs for name, (inputs, _) in ensemble_signatures(repo).items()}
+
+
+def ensemble_signatures(repo: str | Path) -> dict[str, tuple[list[str], list[str]]]:
+    """The ensembles of a repository: (input names, output names) each, from their config.pbtxt."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    out: dict[str, list[str]] = {}
+    out: dict[str, tuple[list[str], list[str]]] = {}
     for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
         parsed = text_format.Parse(cfg.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
         if parsed.platform == "ensemble":
-            out[parsed.name] = [t.name for t in parsed.input]
+            out[parsed.name] = ([t.name for t in parsed.input], [t.name for t in parsed.output])
     return out

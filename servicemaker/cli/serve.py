@@ -12,7 +12,8 @@ import typer
 
 from servicemaker import __version__
 from servicemaker.cli.common import DEBUG_HELP, err_console, reported_errors
-from servicemaker.client import connect, ensembles, infer, readable
+from servicemaker.client import (connect, ensemble_signatures, ensembles, infer, read_wav, readable, transcribe,
+                                 transcribe_stream)
 from servicemaker.errors import UsageError
 from servicemaker.serve import TritonServer
 
@@ -28,6 +29,10 @@ def _query(server: TritonServer, repo: Path, model: str | None, text: str, conte
     answers = {}
     for name in names:
         wanted = found[name]
+        if "TEXT" not in wanted and "QUESTION" not in wanted:
+            if model:
+                raise UsageError(f"{name} does not take text", hint="give it a WAV file with --audio FILE")
+            continue
         if "CONTEXT" in wanted:
             if context is None:
                 if model:
@@ -37,6 +42,33 @@ def _query(server: TritonServer, repo: Path, model: str | None, text: str, conte
         else:
             inputs = {"TEXT": [text]}
         answers[name] = readable(infer(client, name, inputs))[0]
+    print(json.dumps(answers, indent=2, ensure_ascii=False))
+
+
+def _transcribe(server: TritonServer, repo: Path, model: str | None, audio_file: Path, streaming: bool) -> None:
+    """Answer one audio file with the offline (or, with --streaming, the streaming) speech ensembles."""
+    if not audio_file.is_file():
+        raise UsageError(f"--audio {audio_file} does not exist")
+    try:
+        audio, rate = read_wav(audio_file)
+    except (ValueError, EOFError, OSError) as err:
+        raise UsageError(f"--audio {audio_file} is not a readable PCM WAV file: {err}",
+                         hint="convert it, e.g. sox IN -b 16 OUT.wav") from None
+    kind = "streaming" if streaming else "offline"
+    found = {name: "IS_FINAL" in outs for name, (ins, outs) in ensemble_signatures(repo).items()
+             if "AUDIO_SIGNAL" in ins}
+    names = [n for n, is_stream in found.items() if is_stream == streaming and (model is None or n == model)]
+    if not names:
+        raise UsageError(f"{repo} has no {kind} speech recognition ensemble" + (f" named {model}" if model else ""),
+                         hint=("deploy one built with svc-build speech_recognition" + ("" if streaming else " --offline"))
+                         + ("; or drop --streaming" if streaming else "; or add --streaming"))
+    client = connect(server.http_url)
+    answers = {}
+    for i, name in enumerate(names):
+        if streaming:
+            answers[name] = transcribe_stream(client, name, audio, rate, sequence_id=1000 + i)[-1]
+        else:
+            answers[name] = transcribe(client, name, audio, rate)
     print(json.dumps(answers, indent=2, ensure_ascii=False))
 
 
@@ -56,7 +88,11 @@ def svc_serve(
     query: Optional[str] = typer.Option(None, "--query", help="send this text to the ensembles, print the answers, "
                                                                "and stop the server"),
     context: Optional[str] = typer.Option(None, "--context", help="with --query: the context of a QA ensemble"),
-    model: Optional[str] = typer.Option(None, "--model", help="with --query: only this ensemble"),
+    model: Optional[str] = typer.Option(None, "--model", help="with --query or --audio: only this ensemble"),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="transcribe this WAV file with the offline speech "
+                                                               "ensembles, print the answers, and stop the server"),
+    streaming: bool = typer.Option(False, "--streaming", help="with --audio: stream it in 160 ms chunks through "
+                                                              "the streaming speech ensembles instead"),
     timeout: float = typer.Option(180.0, "--timeout", help="seconds to wait for the server to load the models"),
     verbose: int = typer.Option(0, "--log-verbose", help="Triton's --log-verbose level"),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
@@ -65,6 +101,10 @@ def svc_serve(
     with reported_errors(debug):
         if not repo.is_dir():
             raise UsageError(f"{repo} is not a folder", hint="svc-serve MODEL_REPOSITORY")
+        if query is not None and audio is not None:
+            raise UsageError("give --query or --audio, not both")
+        if streaming and audio is None:
+            raise UsageError("--streaming needs --audio FILE.wav")
         server = TritonServer(repo, http_port=http_port or None, grpc_port=grpc_port or None,
                               metrics_port=metrics_port or None, binary=tritonserver, verbose=verbose)
         err_console.print(f"svc-serve (servicemaker) {__version__}: starting Triton for {repo}", markup=False)
@@ -77,6 +117,9 @@ def svc_serve(
                               f"metrics 127.0.0.1:{server.metrics_port}", markup=False)
             if query is not None:
                 _query(server, repo, model, query, context)
+                return
+            if audio is not None:
+                _transcribe(server, repo, model, audio, streaming)
                 return
             signal.signal(signal.SIGTERM, _interrupt)
             err_console.print("Press Ctrl-C to stop.", markup=False)
