@@ -21,6 +21,7 @@ from conftest import CIPHER_ID, listing, rewrite_tar
 
 INPUTS = {name: [f"{name}.riva"] for name in REGISTRY}
 INPUTS["speech_synthesis"] = ["fastpitch.riva", "hifigan.riva"]
+INPUTS["speech_recognition_offline"] = ["speech_recognition.riva"]
 
 
 def opts(pipeline, out, inputs, **kw):

@@ -255,11 +255,13 @@ def test_graph_that_does_not_fit_is_named(tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
-def test_speech_pipelines_refused_clearly(tiny_dir, tmp_path):
-    out = tmp_path / "asr.rmir"
-    build(BuildOptions(pipeline="speech_recognition", output=arg(out), inputs=[arg(tiny_dir / "speech_recognition.riva")]))
-    with pytest.raises(ValidationError, match="cannot deploy the speech_recognition pipeline yet"):
+def test_speech_synthesis_refused_clearly(tiny_dir, tmp_path):
+    out = tmp_path / "tts.rmir"
+    build(BuildOptions(pipeline="speech_synthesis", output=arg(out),
+                       inputs=[arg(tiny_dir / "fastpitch.riva"), arg(tiny_dir / "hifigan.riva")]))
+    with pytest.raises(ValidationError, match="cannot deploy the speech_synthesis pipeline yet"):
         run([out], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_repository_that_is_a_file_refused(tiny_rmirs, tmp_path):
