@@ -1,0 +1,1 @@
+"""Speech (ASR) graph building: NeMo's featurizer as ONNX, fused with acoustic models."""
