@@ -9,13 +9,20 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from tritonclient.utils import InferenceServerException
 
 from servicemaker import __version__
 from servicemaker.cli.common import DEBUG_HELP, err_console, reported_errors
 from servicemaker.client import (connect, ensemble_signatures, ensembles, infer, read_wav, readable, transcribe,
                                  transcribe_stream)
-from servicemaker.errors import UsageError
+from servicemaker.errors import ServiceMakerError, UsageError
 from servicemaker.serve import TritonServer
+
+class ServerAnswerError(ServiceMakerError):
+    """The server answered a query with an error (the query or the repository's models are at fault)."""
+
+    exit_code = 1
+
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
@@ -115,11 +122,15 @@ def svc_serve(
             err_console.print(f"Triton ({server.origin}) ready in {time.perf_counter() - started:.1f} s: "
                               f"HTTP {server.http_url}, gRPC {server.grpc_url}, "
                               f"metrics 127.0.0.1:{server.metrics_port}", markup=False)
-            if query is not None:
-                _query(server, repo, model, query, context)
-                return
-            if audio is not None:
-                _transcribe(server, repo, model, audio, streaming)
+            if query is not None or audio is not None:
+                try:
+                    if query is not None:
+                        _query(server, repo, model, query, context)
+                    else:
+                        _transcribe(server, repo, model, audio, streaming)
+                except InferenceServerException as err:
+                    raise ServerAnswerError(f"Triton answered with an error: {err.message()}",
+                                            hint="see the server log above (add --log-verbose 1 for more)") from None
                 return
             signal.signal(signal.SIGTERM, _interrupt)
             err_console.print("Press Ctrl-C to stop.", markup=False)

@@ -93,7 +93,8 @@ def _network(model_name, outputs):
     def run(feeds):
         request = pb_utils.InferenceRequest(
             model_name=model_name, requested_output_names=names,
-            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in feeds.items()])
+            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v.reshape(-1, 1) if v.ndim == 1 else v))
+                    for k, v in feeds.items()])  # a [batch] tensor travels as [batch, 1] (config reshape)
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model_name}: {response.error().message()}")
