@@ -2,7 +2,8 @@
 
     svc-samples OUT_DIR                 MiniLM exports for the five NLP pipelines
     svc-samples OUT_DIR -p speech_recognition
-                                        a small char CTC model trained here on espeak-ng speech (cached)
+                                        a small char CTC model trained here on espeak-ng speech (cached), and a
+                                        held-out utterance to try it on (.wav, with its text in .txt)
     svc-samples OUT_DIR --tiny          tiny random models for all seven pipelines (fast; for tests and smoke runs)
     svc-samples OUT_DIR -p text_classification
 """
@@ -41,9 +42,14 @@ def make_samples(out: Path, pipelines: tuple[str, ...], tiny: bool, key: str | N
         elif name == "speech_recognition" and tiny:
             written.append(models.tiny_asr_export(out / "speech_recognition.riva", key=key))
         elif name == "speech_recognition":
+            from servicemaker.client import write_wav
             from servicemaker.samples import asr
 
             written.append(asr.asr_export(out / "speech_recognition.riva", key=key))
+            text, audio = asr.held_out_utterances(1)[0]  # a voice and speed the model never heard in training
+            write_wav(out / "speech_recognition.wav", audio, asr.SAMPLE_RATE)
+            (out / "speech_recognition.txt").write_text(text + "\n", encoding="utf-8")
+            written += [out / "speech_recognition.wav", out / "speech_recognition.txt"]
         elif name == "speech_synthesis":
             written.extend(models.tiny_tts_exports(out / "fastpitch.riva", out / "hifigan.riva", key=key))
     return written

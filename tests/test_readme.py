@@ -23,13 +23,18 @@ def test_make_demo(tmp_path):
     venv = Path(sys.prefix)
     stamp = venv / "bin" / ".installed"
     result = subprocess.run(["make", "-C", str(ROOT), "-o", str(stamp), "demo", f"VENV={venv}", f"DEMO={tmp_path}"],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "riva_text_classification_weather" in result.stdout
     doc, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{\n"):])
     answer = doc["riva_text_classification_weather"]
     assert answer["LABEL"] == "weather" and answer["SCORE"] > 0.5
     assert (tmp_path / "model_repository" / "deploy_status.json").exists()
+    spoken = (tmp_path / "speech_recognition.txt").read_text().strip()
+    assert f"spoken: {spoken}" in result.stdout
+    tail = result.stdout[result.stdout.index("spoken: "):]
+    heard, _ = json.JSONDecoder().raw_decode(tail[tail.index("{\n"):])
+    assert heard["asr-offline"]["TRANSCRIPT"].split() == spoken.split()
     rmir = tmp_path / "text_classification.rmir"
     doc = json.loads(subprocess.run([str(venv / "bin" / "svc-inspect"), str(rmir), "--json", "--verify"],
                                     capture_output=True, text=True, check=True).stdout)

@@ -64,3 +64,28 @@ def test_int8_qdq_and_sparse_graphs_build_with_tensorrt_rtx(tiny_rmirs, tmp_path
     sparse = _rtx_deploy(tiny_rmirs["punctuation"], tmp_path / "sparse", tmp_path, "--nn.sparsity=2:4",
                          "--allow-accuracy-drop")
     assert sparse["sparsity"]["pruned"] > 0 and sparse["engine"]["bytes"] > 100_000
+
+
+def test_speech_networks_build_with_tensorrt_rtx(tiny_dir, tmp_path):
+    """The fused featurizer + acoustic model, offline (profile up to max_audio_seconds) and streaming (profile up
+    to the window), parses and builds through the deploy's seam."""
+    from servicemaker.build import BuildOptions, build
+    from servicemaker.keys import ArchiveArg
+
+    export = ArchiveArg(tiny_dir / "speech_recognition.riva", None)
+    offline, streaming = tmp_path / "offline.rmir", tmp_path / "streaming.rmir"
+    build(BuildOptions(pipeline="speech_recognition_offline", output=ArchiveArg(offline, None), inputs=[export],
+                       name="asr-offline", overrides={"max_audio_seconds": "20"}))
+    build(BuildOptions(pipeline="speech_recognition", output=ArchiveArg(streaming, None), inputs=[export],
+                       name="asr-streaming"))
+    for rmir, seconds in ((offline, 20.0), (streaming, 0.16 + 2 * 1.92)):
+        repo = tmp_path / rmir.stem
+        env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+        run = subprocess.run([str(Path(sys.executable).parent / "svc-deploy"), str(rmir), str(repo), "--target",
+                              "tensorrt"], capture_output=True, text=True, timeout=600, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        meta = json.loads(next(repo.glob("riva-trt-*-am-*/1/model.plan.json")).read_text())
+        assert meta["profile"]["audio_signal"]["max"] == [8, int(round(seconds * 16000))]
+        assert meta["bytes"] > 10_000
+        config = next(repo.glob("riva-trt-*-am-*/config.pbtxt")).read_text()
+        assert 'platform: "tensorrt_plan"' in config and "reshape" in config
