@@ -466,7 +466,7 @@ def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
         comment = f"{rmir.spec.pipeline} network from {rmir.arg.path.name}, target {d.target}"
         if d.target == "onnxruntime-python":
             handler = _family(rmir).network_handler(_job(d, rmir))
-            ragged = getattr(_runtime(rmir).HANDLERS[handler], "RAGGED", ())
+            ragged = _runtime(rmir).HANDLERS[handler].RAGGED
             ins = [TensorSpec(t.name, t.data_type, t.dims, ragged=t.name in ragged) for t in ins]
             return ModelConfigSpec(template="python", inputs=ins, outputs=outs, comment=comment,
                                    parameters={"handler": handler, "model": "model.onnx"}, **shared)

@@ -145,6 +145,9 @@ def network_rows(inputs: Arrays) -> Tuple[np.ndarray, np.ndarray]:
 class AsrNetwork(common.OnnxNetwork):
     """The fused featurizer + acoustic model; all requests of a Triton batch run in one ``session.run``."""
 
+    #: inputs whose length differs between requests of one batch (``allow_ragged_batch`` in config.pbtxt)
+    RAGGED = ("audio_signal",)
+
     def batch(self, requests: List[Arrays]) -> List[common.Result]:
         results: List[common.Result] = [ValueError("not run")] * len(requests)
         taken: List[Tuple[int, np.ndarray, np.ndarray]] = []

@@ -77,6 +77,8 @@ class Handler:
     LABELS: Dict[str, str] = {}
     #: True for handlers behind Triton's sequence batcher (they implement :meth:`stream`)
     SEQUENCE = False
+    #: inputs whose length may differ between the requests of one batch (``allow_ragged_batch``)
+    RAGGED: Tuple[str, ...] = ()
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         self.folder = folder
