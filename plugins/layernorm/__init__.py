@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from servicemaker.plugins import (Fusion, Match, Partial, constant, consumers, detach, is_scalar, only_reader,
-                                  other_input, private, producer)
+                                  other_input, private)
 
 
 def _last_axis(node: Any, rank: int | None) -> bool:
