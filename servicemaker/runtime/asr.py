@@ -58,7 +58,8 @@ MIN_RATE, MAX_RATE = 1000, 384000
 #: parameter defaults (an absent or empty parameter takes its default); seconds, ms, Hz as named
 DEFAULTS = {"sample_rate": "16000", "max_audio_seconds": "60", "ms_per_timestep": "40", "decoder_type": "greedy",
             "beam_size": "32", "beam_threshold": "10", "lm_weight": "0.5", "word_insertion_score": "1.5",
-            "chunk_size": "0.16", "left_padding_size": "1.92", "right_padding_size": "1.92", "idle_timeout_s": "60"}
+            "chunk_size": "0.16", "left_padding_size": "1.92", "right_padding_size": "1.92", "idle_timeout_s": "60",
+            "network_max_batch_size": "8"}
 
 
 def param(params: Dict[str, str], key: str) -> str:
@@ -420,6 +421,7 @@ class AsrStream(Handler):
         self.hop = float(param(params, "ms_per_timestep")) * self.rate / 1000.0  # samples per frame
         self.max_seconds = float(param(params, "max_audio_seconds"))
         self.sequences = Sequences(float(param(params, "idle_timeout_s")))
+        self.max_batch = max(1, int(param(params, "network_max_batch_size")))
         self.classes = 0
 
     def _append(self, st: AudioStream, event: StreamEvent) -> None:
@@ -470,17 +472,18 @@ class AsrStream(Handler):
             except Exception as err:  # noqa: BLE001 - a bad request fails alone
                 results[i] = err
         frames: Dict[int, List[np.ndarray]] = {i: [] for i in range(len(events))}
-        if windows:
+        for first in range(0, len(windows), self.max_batch):  # at most the network's max_batch_size per call
+            part = windows[first:first + self.max_batch]
             try:
-                out = self.network({"audio_signal": pad_rows([a for _, a, _ in windows]),
-                                    "length": np.array([len(a) for _, a, _ in windows], dtype=np.int64)})
+                out = self.network({"audio_signal": pad_rows([a for _, a, _ in part]),
+                                    "length": np.array([len(a) for _, a, _ in part], dtype=np.int64)})
                 logprobs, lengths = out["logprobs"], np.asarray(out["encoded_lengths"]).reshape(-1)
                 self.classes = logprobs.shape[-1]
-                for n, (i, _, (ws, cs, ce)) in enumerate(windows):
+                for n, (i, _, (ws, cs, ce)) in enumerate(part):
                     lo, hi = self._frames(ws, cs, ce)
                     frames[i].append(logprobs[n, lo:min(hi, lengths[n])])
             except Exception as err:  # noqa: BLE001 - these streams lost frames: they must start again
-                for i, _, _ in windows:
+                for i, _, _ in part:
                     results[i] = err
                     self.sequences.drop(events[i].corrid)
         for i, ev in enumerate(events):
