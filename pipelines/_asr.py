@@ -180,10 +180,51 @@ class AsrFamily(Family):
             if "chunk_size" in job.component_params("featurizer"):
                 out["network_model"] = job.model_names["nn"]
                 out["network_outputs"] = "logprobs,encoded_lengths"
+                out["network_max_batch_size"] = str(job.params["max_batch_size"])
         return out
 
     def network_handler(self, job: NetworkJob) -> str:
         return "asr_network"
+
+    def int8_exclude(self, job: NetworkJob) -> tuple[str, ...]:
+        """INT8 quantizes the acoustic model only: the fused featurizer's STFT convolution, mel MatMul, log and
+        normalization stay FP32 (the log of small mel energies is precision-critical)."""
+        return ("featurizer/",)
+
+    def gate(self, job: NetworkJob, reference: list[dict[str, Any]], optimized: list[dict[str, Any]],
+             feeds: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Greedy CTC transcripts of the FP32 and the optimized log-probs (each row cut at the FP32
+        ``encoded_lengths``) over ``decoder.vocabulary``: ``cer_vs_fp32``, the character error rate of the
+        optimized transcripts against the FP32 ones, is what ``nn.accuracy_tolerance`` bounds."""
+        from servicemaker.deploy.accuracy import char_error_rate
+
+        vocab = [str(v) for v in (self._model_config(job).get("decoder") or {}).get("vocabulary") or []]
+        fp32: list[str] = []
+        opt: list[str] = []
+        for ref_out, opt_out in zip(reference, optimized):
+            name = next(k for k, v in ref_out.items() if v.ndim == 3 and v.dtype.kind == "f")
+            lengths = ref_out.get("encoded_lengths")
+            fp32 += self._greedy_ctc(ref_out[name], lengths, vocab)
+            opt += self._greedy_ctc(opt_out[name], lengths, vocab)
+        changed = [{"fp32": r, "optimized": o} for r, o in zip(fp32, opt) if r != o]
+        return {"gated_by": "cer_vs_fp32", "cer_vs_fp32": round(char_error_rate(fp32, opt), 6),
+                "transcripts": len(fp32), "transcripts_changed": len(changed),
+                "fp32_characters": sum(len(t) for t in fp32), "changed_examples": changed[:3]}
+
+    @staticmethod
+    def _greedy_ctc(logprobs: Any, lengths: Any, vocab: list[str]) -> list[str]:
+        """Greedy CTC per row: argmax per frame (the first ``lengths[b]`` frames), repeats collapsed, blanks (the
+        last class) dropped; SentencePiece's ``▁`` becomes a space, runs of spaces one."""
+        import numpy as np
+
+        blank = logprobs.shape[-1] - 1
+        texts = []
+        for b, row in enumerate(logprobs):
+            best = row[: int(lengths[b]) if lengths is not None else len(row)].argmax(-1)
+            keep = best[(best != blank) & np.concatenate([[True], best[1:] != best[:-1]])]
+            text = "".join(vocab[i] if i < len(vocab) else "" for i in keep.tolist()).replace("\u2581", " ")
+            texts.append(" ".join(text.split()))
+        return texts
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     @staticmethod

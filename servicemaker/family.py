@@ -7,6 +7,9 @@ deploy steps call these hooks with a :class:`NetworkJob` and never look at token
 - ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
 - ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front);
 - ``sample_feeds``: calibration and accuracy-gate inputs for the optimizing compiler;
+- ``int8_exclude``: node-name prefixes INT8 leaves in FP32 (e.g. ASR's fused featurizer);
+- ``gate``: the family's own accuracy figures of an optimized network against FP32 (e.g. ASR's character error rate
+  of the transcripts), one of which may be what ``nn.accuracy_tolerance`` bounds;
 - ``engine_profile``: TensorRT optimization profile;
 - ``model_params``: extra config.pbtxt parameters of a Python-backend component (e.g. the network's name);
 - ``runtime``: the module of ``servicemaker/runtime`` whose handlers the family's Python models run.
@@ -73,6 +76,18 @@ class Family:
 
     def sample_feeds(self, job: NetworkJob) -> SampleFeeds:
         raise NotImplementedError
+
+    def int8_exclude(self, job: NetworkJob) -> tuple[str, ...]:
+        """Prefixes of the node names INT8 must leave in FP32 (``nn.precision=int8``)."""
+        return ()
+
+    def gate(self, job: NetworkJob, reference: list[dict[str, Any]], optimized: list[dict[str, Any]],
+             feeds: list[Feeds]) -> dict[str, Any] | None:
+        """Extra accuracy figures of the optimized network: ``reference`` and ``optimized`` are the FP32 and
+        optimized graphs' outputs (``{output name: array}``) on each of ``feeds`` (the sample feeds' ``gate``).
+        A ``"gated_by"`` key names the figure ``nn.accuracy_tolerance`` bounds instead of ``1 - cosine``: an error
+        rate, 0 at best. None: the generic gate alone (cosine, top-1 agreement)."""
+        return None
 
     def engine_profile(self, job: NetworkJob) -> dict[str, tuple[tuple[int, ...], ...]]:
         raise NotImplementedError

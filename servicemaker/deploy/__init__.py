@@ -373,12 +373,13 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             sparsity=str(params.get("sparsity", "none")),
             calibration_method=str(params.get("calibration_method", "percentile")),
             accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
-            allow_accuracy_drop=d.opts.allow_accuracy_drop)
+            allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
         feeds = family.sample_feeds(job)
         samples = feeds.gate
         try:
-            compiled, report = optimize.compile_network(folded, opts, feeds.calibration, samples,
-                                                        d.work(rmir) / "optimize", d.rep.activity)
+            compiled, report = optimize.compile_network(
+                folded, opts, feeds.calibration, samples, d.work(rmir) / "optimize", d.rep.activity,
+                lambda reference, optimized, given: family.gate(job, reference, optimized, given))
         except optimize.AccuracyError as err:
             raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
         if precision == "int8":
@@ -423,7 +424,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         summary["kept_fp32"] = len(report["int8"]["kept_fp32"])
     gate = report.get("accuracy", {})
     if "cosine" in gate:
-        summary["accuracy"] = {k: gate[k] for k in ("status", "cosine", "top1_agreement", "max_abs_diff")}
+        measure = gate.get("gated_by", "cosine")  # a family's own figure (e.g. cer_vs_fp32) or the cosine
+        summary["accuracy"] = {k: gate[k] for k in ("status", "gated_by", measure, "cosine", "top1_agreement",
+                                                    "max_abs_diff") if k in gate}
     return summary
 
 

@@ -7,8 +7,10 @@
    reported (the ``trt_plugin`` flavor cannot run in ONNX Runtime: its check is left to the engine gate);
 2. **sparsify** (``nn.sparsity=2:4``): :mod:`servicemaker.deploy.sparsity`;
 3. **quantize** (``nn.precision=int8``): :mod:`servicemaker.deploy.quantize`, calibrated on the CPU;
-4. **gate**: the result against the FP32 original (:mod:`servicemaker.deploy.accuracy`); an INT8 graph that fails
-   falls back to FP32 layer by layer, worst layer first, before the gate is allowed to fail the deploy.
+4. **gate**: the result against the FP32 original (:mod:`servicemaker.deploy.accuracy`), with the family's own
+   figures where it has some (speech recognition: the character error rate against the FP32 transcripts, which
+   then is what ``nn.accuracy_tolerance`` bounds); an INT8 graph that fails falls back to FP32 layer by layer,
+   worst layer first, before the gate is allowed to fail the deploy.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class CompileOptions:
     accuracy_tolerance: float = 0.01
     allow_accuracy_drop: bool = False
     threads: int = 0                     # ONNX Runtime intra-op threads for checks and calibration (0: default)
+    int8_exclude: tuple[str, ...] = ()   # node-name prefixes INT8 leaves in FP32 (e.g. ``featurizer/``)
 
 
 def flavor_for(target: str, fusion_ops: str = "auto") -> str:
@@ -212,10 +215,12 @@ def count_ops(model: Any) -> dict[str, int]:
 
 
 def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feeds], samples: Sequence[Feeds],
-                    workdir: Path, activity: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any]]:
+                    workdir: Path, activity: Callable[[str], Any] | None = None,
+                    extra_gate: accuracy.ExtraGate | None = None) -> tuple[Any, dict[str, Any]]:
     """Optimize ``model`` (constant-folded FP32) for ``opts.target``; (the graph to ship, the report).
 
-    ``calibration``: INT8 calibration feeds; ``samples``: the accuracy gate's feeds (and the fusion checks').
+    ``calibration``: INT8 calibration feeds; ``samples``: the accuracy gate's feeds (and the fusion checks');
+    ``extra_gate``: the family's own gate figures (:data:`accuracy.ExtraGate`).
     Raises :class:`AccuracyError` when the result is less accurate than allowed.
     """
     from contextlib import nullcontext
@@ -238,16 +243,18 @@ def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feed
         with step("Pruning weights to 2:4 sparsity"):
             model, report["sparsity"] = sparsity.prune_2_4(model)
     if opts.precision == "int8":
-        settings = quantize.QuantSettings(method=opts.calibration_method, symmetric_activations=opts.target == "tensorrt")
+        settings = quantize.QuantSettings(method=opts.calibration_method,
+                                          symmetric_activations=opts.target == "tensorrt",
+                                          exclude_prefixes=opts.int8_exclude)
         with step(f"Calibrating INT8 ({opts.calibration_method}) on {len(calibration)} batches"):
             model, report["int8"] = quantize.quantize_gated(
                 model, reference, names, calibration, samples, settings, opts.accuracy_tolerance, workdir,
-                opts.threads)
+                opts.threads, extra_gate)
     report["ops_after"] = count_ops(model)
     runnable = flavor != "trt_plugin" and bool(samples)
     if runnable:
         with step("Checking accuracy against the FP32 graph"):
-            gate = accuracy.compare(reference, run(model, samples, opts.threads), samples, names)
+            gate = accuracy.compare(reference, run(model, samples, opts.threads), samples, names, extra_gate)
         report["accuracy"] = gate.as_dict(opts.accuracy_tolerance)
         if not gate.within(opts.accuracy_tolerance) and not opts.allow_accuracy_drop:
             raise AccuracyError(

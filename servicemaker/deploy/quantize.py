@@ -3,15 +3,17 @@
 TensorRT 10 deprecated and TensorRT 11 removed implicit INT8 calibration; BERT-family models are quantized by
 inserting QuantizeLinear/DequantizeLinear pairs instead, and the same Q/DQ graph runs in ONNX Runtime.
 
-- Only MatMul/Gemm with constant weights are quantized: int8 weights, symmetric, per output channel. Everything
-  precision-sensitive (LayerNorm, Softmax, GELU, the attention score/context MatMuls, residual adds) stays in FP32.
-  Quantizing every op type wrecks BERT accuracy.
+- Only MatMul/Gemm/Conv with constant weights are quantized: int8 weights, symmetric, per output channel (a
+  Conv's axis 0, grouped and depthwise ones too); biases stay FP32. Everything precision-sensitive (LayerNorm,
+  Softmax, GELU, the attention score/context MatMuls, residual adds) stays in FP32. Quantizing every op type wrecks
+  BERT accuracy. Nodes named with one of ``QuantSettings.exclude_prefixes`` stay FP32 too (an ASR network's
+  ``featurizer/``: its STFT convolution, mel MatMul and log are precision-critical).
 - Activations: uint8 asymmetric for the CPU targets (x86 int8 kernels want unsigned activations), int8 symmetric
   for TensorRT (its Q/DQ layers take zero point 0 only).
 - Calibration methods minmax, entropy and percentile (99.999th); batches are collected one at a time (histogram
   methods would otherwise hold every sample's activations), and ranges are cached so re-quantizing with layers
   excluded does not calibrate again. Calibration is deterministic: same graph + data → same scales.
-- When the accuracy gate fails, MatMuls fall back to FP32 worst-first (by the cosine error of their own output
+- When the accuracy gate fails, layers fall back to FP32 worst-first (by the cosine error of their own output
   against FP32) in growing sets of 1, 2, 4 … until the gate passes; the report names the layers kept in FP32.
 """
 
@@ -32,7 +34,7 @@ from servicemaker.deploy.graph import save
 Feeds = dict[str, np.ndarray]
 METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999
-QUANTIZED_OPS = ("MatMul", "Gemm")
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class QuantSettings:
     method: str = "percentile"
     symmetric_activations: bool = False
     per_channel: bool = True
+    #: node-name prefixes never quantized (e.g. ``featurizer/``)
+    exclude_prefixes: tuple[str, ...] = ()
 
 
 class _Reader:
@@ -66,11 +70,21 @@ class _Reader:
         self.pos = self.start
 
 
-def quantizable(model: Any) -> list[str]:
-    """Names of the MatMul/Gemm nodes with a constant weight: the ones INT8 quantizes."""
+def quantizable(model: Any, exclude_prefixes: Sequence[str] = ()) -> list[str]:
+    """Names of the MatMul/Gemm/Conv nodes with a constant weight, but those whose name starts with one of
+    ``exclude_prefixes``: the ones INT8 quantizes."""
     inits = {t.name for t in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and len(n.input) > 1
-            and n.input[1] in inits]
+            and n.input[1] in inits and not n.name.startswith(tuple(exclude_prefixes))]
+
+
+def weight_axis(node: Any) -> int:
+    """The output-channel axis of a quantized layer's weight: a Conv's ``[out, in/groups, k...]`` axis 0, a
+    MatMul's ``[in, out]`` axis 1, a Gemm's 0 when it has ``transB``."""
+    if node.op_type == "Conv":
+        return 0
+    trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+    return 0 if trans_b else 1
 
 
 def _ensure_names(model: Any) -> Any:
@@ -168,7 +182,7 @@ def insert_qdq(model: Any, ranges: dict[str, tuple[float, float]], settings: Qua
     out.CopyFrom(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}
-    targets = set(quantizable(model)) - set(exclude)
+    targets = set(quantizable(model, settings.exclude_prefixes)) - set(exclude)
     act_dq: dict[str, str] = {}
     w_dq: dict[str, str] = {}
     new_inits: list[Any] = []
@@ -187,8 +201,7 @@ def insert_qdq(model: Any, ranges: dict[str, tuple[float, float]], settings: Qua
                                               [f"{base}_dq"], name=f"{base}/DequantizeLinear"))
                 act_dq[x] = f"{base}_dq"
             if w not in w_dq:
-                trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-                axis = 0 if trans_b else 1
+                axis = weight_axis(node)
                 weight = numpy_helper.to_array(inits[w])
                 if settings.per_channel:
                     q, scale = quantize_weight(weight, axis)
@@ -216,7 +229,7 @@ def insert_qdq(model: Any, ranges: dict[str, tuple[float, float]], settings: Qua
 def quantize(model: Any, calibration: Sequence[Feeds], settings: QuantSettings, workdir: Path,
              exclude: Sequence[str] = ()) -> Any:
     """The Q/DQ INT8 graph of ``model`` (FP32, node names set); calibration ranges are cached in ``workdir``."""
-    names = set(quantizable(model))
+    names = set(quantizable(model, settings.exclude_prefixes))
     tensors = sorted({n.input[0] for n in model.graph.node if n.name in names})
     ranges = calibrate(model, calibration, settings, workdir, tensors)
     return insert_qdq(model, ranges, settings, exclude)
@@ -260,10 +273,34 @@ def _dequantized(producers: dict[str, Any], tensor: str, inits: dict[str, np.nda
     return q.input[0], fake
 
 
+def _layer_session(node: Any, inits: dict[str, np.ndarray], like: Any, threads: int) -> Any:
+    """ONNX Runtime running ``node`` alone: inputs ``x`` (its activation) and ``w`` (its weight), its other inputs
+    (a bias) the constants of ``inits``; ``like``'s opset and IR version. None when an other input is not constant."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from servicemaker.deploy.optimize import default_opset, session
+
+    rest = list(node.input[2:])
+    if any(name and name not in inits for name in rest):
+        return None
+    consts = [numpy_helper.from_array(inits[name], f"c{i}") for i, name in enumerate(rest) if name]
+    single = helper.make_node(node.op_type, ["x", "w"] + [f"c{i}" if name else "" for i, name in enumerate(rest)],
+                              ["y"])
+    single.attribute.extend(node.attribute)
+    graph = helper.make_graph([single], "layer", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                                  for n in ("x", "w")],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", default_opset(like))])
+    model.ir_version = like.ir_version
+    return session(model, threads)
+
+
 def sensitivity(fp32: Any, int8: Any, samples: Sequence[Feeds], threads: int = 0) -> list[tuple[str, float]]:
     """(node, local error) of every quantized layer, worst first. The local error is ``1 - cosine`` between the
     layer's FP32 output and its output with its own input and weight quantized, both computed from the FP32
-    network's activations: each layer's own cost, not the error the layers before it pass down."""
+    network's activations: each layer's own cost, not the error the layers before it pass down. Each layer runs
+    alone in ONNX Runtime with its own attributes (a Conv's strides, padding, groups ...)."""
     from onnx import numpy_helper
 
     from servicemaker.deploy.optimize import run
@@ -272,6 +309,7 @@ def sensitivity(fp32: Any, int8: Any, samples: Sequence[Feeds], threads: int = 0
     fp32_inits = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
     tensors = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
     producers = {o: n for n in int8.graph.node for o in n.output}
+    originals = {n.name: n for n in fp32.graph.node}
     layers = []
     for node in int8.graph.node:
         if node.op_type not in QUANTIZED_OPS or len(node.input) < 2:
@@ -279,19 +317,21 @@ def sensitivity(fp32: Any, int8: Any, samples: Sequence[Feeds], threads: int = 0
         act, weight = _dequantized(producers, node.input[0], inits), _dequantized(producers, node.input[1], inits)
         if act is None or weight is None or weight[0] not in inits or act[0] not in tensors:
             continue
-        original = next((n for n in fp32.graph.node if n.name == node.name), None)
+        original = originals.get(node.name)
         if original is None or original.input[1] not in fp32_inits:
             continue
-        layers.append((node, act, weight[1], fp32_inits[original.input[1]]))
-    names = sorted({act[0] for _, act, _, _ in layers})
+        layer = _layer_session(original, fp32_inits, fp32, threads)
+        if layer is not None:
+            layers.append((node, act, weight[1], fp32_inits[original.input[1]], layer))
+    names = sorted({act[0] for _, act, _, _, _ in layers})
     values = run(_with_outputs(fp32, names), samples[:4], threads, outputs=names)
     scores = []
-    for node, (source, fake), w_q, w in layers:
+    for node, (source, fake), w_q, w, layer in layers:
         i = names.index(source)
         xs = [v[i].astype(np.float32) for v in values]
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        ref = np.concatenate([(x @ (w.T if trans_b else w)).ravel() for x in xs])
-        got = np.concatenate([(fake(x) @ (w_q.T if trans_b else w_q)).ravel() for x in xs])
+        ref = np.concatenate([layer.run(None, {"x": x, "w": w})[0].ravel() for x in xs])
+        got = np.concatenate([layer.run(None, {"x": fake(x).astype(np.float32), "w": w_q.astype(np.float32)})[0]
+                              .ravel() for x in xs])
         scores.append((node.name, round(1.0 - accuracy.cosine(ref.astype(np.float64), got.astype(np.float64)), 8)))
     return sorted(scores, key=lambda s: -s[1])
 
@@ -303,21 +343,25 @@ def count_qdq(model: Any) -> dict[str, int]:
 
 def quantize_gated(model: Any, reference: Sequence[Sequence[np.ndarray]], names: Sequence[str],
                    calibration: Sequence[Feeds], samples: Sequence[Feeds], settings: QuantSettings, tolerance: float,
-                   workdir: Path, threads: int = 0) -> tuple[Any, dict[str, Any]]:
+                   workdir: Path, threads: int = 0, extra: accuracy.ExtraGate | None = None
+                   ) -> tuple[Any, dict[str, Any]]:
     """Quantize, then fall back to FP32 layer by layer while the gate fails. ``reference``: the FP32 original's
-    outputs (``names``) on ``samples``."""
+    outputs (``names``) on ``samples``; ``extra``: the family's gate figures (:func:`accuracy.compare`)."""
     from servicemaker.deploy.optimize import run
 
     started = time.perf_counter()
     model = _ensure_names(model)
-    layers = quantizable(model)
+    layers = quantizable(model, settings.exclude_prefixes)
     int8 = quantize(model, calibration, settings, workdir)
     report: dict[str, Any] = {
         "method": settings.method, "activations": "int8 symmetric" if settings.symmetric_activations else "uint8",
         "weights": "int8 symmetric per-channel" if settings.per_channel else "int8 symmetric",
         "calibration_batches": len(calibration), "layers": len(layers), "kept_fp32": []}
+    if settings.exclude_prefixes:
+        report["excluded"] = {"prefixes": list(settings.exclude_prefixes),
+                              "layers": len(quantizable(model)) - len(layers)}
     if samples:
-        gate = accuracy.compare(reference, run(int8, samples, threads), samples, names)
+        gate = accuracy.compare(reference, run(int8, samples, threads), samples, names, extra)
         report["first_attempt"] = gate.as_dict(tolerance)
         if not gate.within(tolerance):
             ranked = [name for name, _ in sensitivity(model, int8, samples, threads)]
@@ -325,7 +369,7 @@ def quantize_gated(model: Any, reference: Sequence[Sequence[np.ndarray]], names:
             while not gate.within(tolerance) and k <= len(ranked):
                 kept = ranked[:k]
                 int8 = quantize(model, calibration, settings, workdir, exclude=kept)
-                gate = accuracy.compare(reference, run(int8, samples, threads), samples, names)
+                gate = accuracy.compare(reference, run(int8, samples, threads), samples, names, extra)
                 report["kept_fp32"] = kept
                 k = len(ranked) + 1 if k == len(ranked) else min(2 * k, len(ranked))
     report["quantized"] = len(layers) - len(report["kept_fp32"])
