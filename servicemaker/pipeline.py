@@ -229,7 +229,7 @@ def serving_params(*, queue_delay_us: int = 1000) -> tuple[Param, ...]:
     )
 
 
-def network_params(*, precision: str = "fp16") -> tuple[Param, ...]:
+def network_params(*, precision: str = "fp16", calibration_method: str = "percentile") -> tuple[Param, ...]:
     """Parameters of a network (``nn``) component: the optimizing compiler's options."""
     return serving_params(queue_delay_us=100) + (
         Param(name="precision", type="choice", choices=("fp32", "fp16", "int8"), default=precision,
@@ -243,7 +243,7 @@ def network_params(*, precision: str = "fp16") -> tuple[Param, ...]:
         Param(name="calibration_data", type="file", default=None,
               help="INT8 calibration examples, one per line (bundled into the RMIR)"),
         Param(name="calibration_method", type="choice", choices=("minmax", "entropy", "percentile"),
-              default="percentile", help="INT8 calibration method"),
+              default=calibration_method, help="INT8 calibration method"),
         Param(name="accuracy_tolerance", type="float", min=0.0, max=1.0, default=0.01,
               help="largest accepted drop (1 - cosine similarity) of the optimized network"),
         Param(name="max_workspace_size", type="int", min=16, max=1 << 20, default=4096,

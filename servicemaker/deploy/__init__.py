@@ -376,10 +376,13 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
         feeds = family.sample_feeds(job)
         samples = feeds.gate
+
+        def family_gate(reference: Any, optimized: Any, given: Any) -> Any:
+            return family.gate(job, reference, optimized, given)
+
         try:
             compiled, report = optimize.compile_network(
-                folded, opts, feeds.calibration, samples, d.work(rmir) / "optimize", d.rep.activity,
-                lambda reference, optimized, given: family.gate(job, reference, optimized, given))
+                folded, opts, feeds.calibration, samples, d.work(rmir) / "optimize", d.rep.activity, family_gate)
         except optimize.AccuracyError as err:
             raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
         if precision == "int8":
@@ -400,7 +403,8 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
             with d.rep.activity(f"Building TensorRT engine for {plan.name}"):
                 engine = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
             report["engine"] = engine
-            report["engine_accuracy"] = _engine_gate(d, plan, folded, folder / "model.plan", samples, opts)
+            report["engine_accuracy"] = _engine_gate(d, plan, folded, folder / "model.plan", samples, opts,
+                                                     family_gate)
             out[plan.name] = {"file": "model.plan", "bytes": engine["bytes"]}
         else:
             written = graphs.save(compiled, folder / "model.onnx")
@@ -431,14 +435,14 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _engine_gate(d: _Deploy, plan: ModelPlan, original: Any, engine: Path, samples: list[dict[str, Any]],
-                 opts: optimize.CompileOptions) -> dict[str, Any]:
+                 opts: optimize.CompileOptions, extra: accuracy.ExtraGate | None = None) -> dict[str, Any]:
     """Run the built engine itself on the gate's samples against the FP32 graph in ONNX Runtime."""
     if tensorrt.use_rtx():
         return {"status": "not run", "reason": "TensorRT-RTX engines are only built here, not run"}
     names = [o.name for o in original.graph.output]
     with d.rep.activity(f"Checking {plan.name}'s engine against the FP32 graph"):
         got = tensorrt.run_engine(engine, samples, names)
-        gate = accuracy.compare(optimize.run(original, samples), got, samples, names)
+        gate = accuracy.compare(optimize.run(original, samples), got, samples, names, extra)
     result = gate.as_dict(opts.accuracy_tolerance)
     if not gate.within(opts.accuracy_tolerance) and not opts.allow_accuracy_drop:
         raise optimize.AccuracyError(
