@@ -213,17 +213,15 @@ class AsrFamily(Family):
 
     @staticmethod
     def _greedy_ctc(logprobs: Any, lengths: Any, vocab: list[str]) -> list[str]:
-        """Greedy CTC per row: argmax per frame (the first ``lengths[b]`` frames), repeats collapsed, blanks (the
-        last class) dropped; SentencePiece's ``▁`` becomes a space, runs of spaces one."""
-        import numpy as np
+        """Greedy CTC per row (the first ``lengths[b]`` frames), decoded as the deployed decoder does."""
+        from servicemaker.runtime import asr
 
+        labels = asr.Vocabulary(vocab)
         blank = logprobs.shape[-1] - 1
         texts = []
         for b, row in enumerate(logprobs):
-            best = row[: int(lengths[b]) if lengths is not None else len(row)].argmax(-1)
-            keep = best[(best != blank) & np.concatenate([[True], best[1:] != best[:-1]])]
-            text = "".join(vocab[i] if i < len(vocab) else "" for i in keep.tolist()).replace("\u2581", " ")
-            texts.append(" ".join(text.split()))
+            tokens, _ = asr.collapse(row[: int(lengths[b]) if lengths is not None else len(row)].argmax(-1), blank)
+            texts.append(" ".join(labels.text(tokens).replace("\u2581", " ").split()))  # BPE pieces: ▁ = space
         return texts
 
     # -- helpers ----------------------------------------------------------------------------------------------------
