@@ -18,7 +18,8 @@ def test_wheel_contents(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"servicemaker", next(t for t in tops if t.endswith(".dist-info"))}
     for sub in ("pipelines/text_classification.py", "schemas/nlp-intent-slot.yaml", "samples/models.py",
-                "eff/reader.py", "cli/build.py"):
+                "eff/reader.py", "cli/build.py", "speech/featurizer.py", "speech/data/utterances.npz",
+                "runtime/asr.py", "runtime/common.py", "pipelines/_asr.py", "templates/python/model.py"):
         assert f"servicemaker/{sub}" in names
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
 
