@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servicemaker.samples.asr import synthesize
+from servicemaker.samples.espeak import synthesize
 
 CALIBRATION = (
     "the weather will be sunny tomorrow", "please call my mother at seven", "turn left at the next corner",
