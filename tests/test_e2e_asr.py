@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
@@ -68,12 +69,14 @@ class Reference:
         cfg = feat.FeaturizerConfig.from_model_config(config)
         self.features = ort.InferenceSession(feat.build_featurizer(cfg).SerializeToString())
         self.am = ort.InferenceSession(am)
+        self.stride = feat.time_stride(onnx.load_from_string(am))
 
     def transcript(self, audio: np.ndarray) -> str:
+        """As NeMo decodes: the frames up to the encoded length of the valid feature frames (samples // hop)."""
         feats, n = self.features.run(None, {"audio_signal": audio[None].astype(np.float32),
                                             "length": np.array([len(audio)], np.int64)})
         logprobs = self.am.run(None, {"audio_signal": feats, "length": n})[0][0]
-        ids = logprobs.argmax(-1)
+        ids = logprobs[:-(-int(n[0]) // self.stride)].argmax(-1)
         out, prev = [], -1
         for i in ids:
             if i != prev and i != len(self.vocab):
