@@ -79,8 +79,10 @@ def featurizer(handler: str, model_name: str, *, streaming: bool) -> Component:
         )
     help = ("streaming front end: buffers each stream's audio and runs the network on windows of left padding + "
             "chunk + right padding" if streaming else "checks and resamples the request audio")
+    # Offline, utterances of different lengths never batch in the Python models: waiting for a batch buys nothing.
+    delay = 1000 if streaming else 0
     return Component(name="featurizer", kind="python", model_name=model_name, handler=handler, help=help,
-                     params=serving_params() + PREPROCESSOR + extra)
+                     params=serving_params(queue_delay_us=delay) + PREPROCESSOR + extra)
 
 
 def network(model_name: str) -> Component:
@@ -91,7 +93,7 @@ def network(model_name: str) -> Component:
 
 
 def decoder(handler: str, model_name: str, *, streaming: bool) -> Component:
-    params = serving_params() + (
+    params = serving_params(queue_delay_us=1000 if streaming else 0) + (
         Param(name="decoder_type", type="choice", choices=("greedy", "flashlight"), default="greedy",
               help="greedy CTC, or beam search with an optional n-gram LM (pyctcdecode + KenLM)"),
         Param(name="beam_size", type="int", min=1, max=4096, default=32, help="beams kept"),

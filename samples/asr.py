@@ -41,6 +41,7 @@ import torch
 import yaml
 from torch import nn
 
+from servicemaker.deploy.accuracy import word_error_rate
 from servicemaker.samples.espeak import synthesize
 from servicemaker.samples.export import binary_artifact, text_artifact, write_export
 
@@ -291,20 +292,6 @@ def greedy_decode(logprobs: np.ndarray) -> str:
             chars.append(LABELS[idx])
         prev = idx
     return " ".join("".join(chars).split())
-
-
-def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
-def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    errors = sum(_edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
-    return errors / max(1, sum(len(r.split()) for r in refs))
 
 
 def transcribe(graph: bytes, features: Sequence[np.ndarray]) -> list[str]:

@@ -18,6 +18,7 @@ from servicemaker import yamlio
 from servicemaker.build import BuildOptions, build
 from servicemaker.client import connect, transcribe, transcribe_stream
 from servicemaker.deploy import DeployOptions, deploy
+from servicemaker.deploy.accuracy import word_error_rate
 from servicemaker.eff import EffReader
 from servicemaker.keys import ArchiveArg
 from servicemaker.serve import TritonServer
@@ -86,13 +87,7 @@ class Reference:
 
 
 def wer(ref: str, hyp: str) -> float:
-    r, h = ref.split(), hyp.split()
-    d = np.arange(len(h) + 1)
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d.copy(), i
-        for j in range(1, len(h) + 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1]))
-    return d[len(h)] / max(1, len(r))
+    return word_error_rate([ref], [hyp])
 
 
 def test_offline_transcribes_speech_like_the_reference(server, sample, utterances):

@@ -98,6 +98,12 @@ def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
     return row[-1]
 
 
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Word error rate of ``hyps`` against ``refs``: edit distances over whitespace words (at least 1 word)."""
+    errors = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
+    return errors / max(1, sum(len(r.split()) for r in refs))
+
+
 def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Character error rate of ``hyps`` against ``refs``: edit distances over reference characters (at least 1)."""
     errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))

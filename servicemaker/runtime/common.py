@@ -116,6 +116,8 @@ class OnnxNetwork(Handler):
         threads = int(params.get("intra_op_threads", "0"))
         if threads:
             opts.intra_op_num_threads = threads
+        # idle pool threads must not spin: they share the cores with Triton and the other models' processes
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(self.file("model"), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
