@@ -132,12 +132,12 @@ class AsrFamily(Family):
         """The acoustic model must take the preprocessor's features and give log-probs over the vocabulary + blank;
         the streaming window must fall on its frames. Returns the fused graph's signature."""
         from servicemaker.deploy import graph as graphs
-        from servicemaker.speech import featurizer as feat
+        from servicemaker.speech import acoustic, featurizer as feat
 
         cfg = self._featurizer_config(job)
-        problems = feat.check_acoustic_model(model, cfg)
+        problems = acoustic.check_acoustic_model(model, cfg)
         if not problems:
-            stride = feat.time_stride(model)
+            stride = acoustic.time_stride(model)
             ms = 1000.0 * cfg.hop_length / cfg.sample_rate * stride
             job.state.update(featurizer=cfg, stride=stride, ms_per_timestep=ms)
             problems += self._vocabulary_problems(job, model)
@@ -146,12 +146,12 @@ class AsrFamily(Family):
             raise ValidationError(f"{job.where} does not fit pipeline {job.spec.pipeline}", problems,
                                   hint="export the CTC model with NeMo (nemo2riva) and keep the preprocessor "
                                        "settings it was trained with")
-        return graphs.signature(feat.fuse(feat.build_featurizer(cfg), model, job.state["stride"]), job.where)
+        return graphs.signature(acoustic.fuse(feat.build_featurizer(cfg), model, job.state["stride"]), job.where)
 
     def network_graph(self, job: NetworkJob, folded: Any) -> Any:
-        from servicemaker.speech import featurizer as feat
+        from servicemaker.speech import acoustic, featurizer as feat
 
-        return feat.fuse(feat.build_featurizer(job.state["featurizer"]), folded, job.state["stride"])
+        return acoustic.fuse(feat.build_featurizer(job.state["featurizer"]), folded, job.state["stride"])
 
     def sample_feeds(self, job: NetworkJob) -> SampleFeeds:
         from servicemaker.speech import audio
@@ -242,10 +242,10 @@ class AsrFamily(Family):
                                                   {k: v for k, v in given.items() if v is not None})
 
     def _vocabulary_problems(self, job: NetworkJob, model: Any) -> list[str]:
-        from servicemaker.speech import featurizer as feat
+        from servicemaker.speech import acoustic
 
         vocab = (self._model_config(job).get("decoder") or {}).get("vocabulary") or []
-        out = feat.acoustic_interface(model).logprobs
+        out = acoustic.acoustic_interface(model).logprobs
         classes = out.type.tensor_type.shape.dim[-1].dim_value if out is not None else 0
         if classes and classes != len(vocab) + 1:
             return [f"the graph gives {classes} classes per frame but decoder.vocabulary has {len(vocab)} entries "

@@ -91,7 +91,8 @@ def test_exports_are_byte_identical(trained, export, tmp_path):
 
 
 def test_featurizer_graph_fits_the_model(graph):
-    from servicemaker.speech.featurizer import FeaturizerConfig, check_acoustic_model, time_stride
+    from servicemaker.speech.acoustic import check_acoustic_model, time_stride
+    from servicemaker.speech.featurizer import FeaturizerConfig
 
     model = onnx.load_from_string(graph)
     assert check_acoustic_model(model, FeaturizerConfig.from_model_config(asr.model_config())) == []

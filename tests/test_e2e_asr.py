@@ -22,7 +22,7 @@ from servicemaker.deploy.accuracy import word_error_rate
 from servicemaker.eff import EffReader
 from servicemaker.keys import ArchiveArg
 from servicemaker.serve import TritonServer
-from servicemaker.speech import featurizer as feat
+from servicemaker.speech import acoustic, featurizer as feat
 
 OFFLINE = "asr-offline"
 STREAMING = "asr-streaming"
@@ -70,7 +70,7 @@ class Reference:
         cfg = feat.FeaturizerConfig.from_model_config(config)
         self.features = ort.InferenceSession(feat.build_featurizer(cfg).SerializeToString())
         self.am = ort.InferenceSession(am)
-        self.stride = feat.time_stride(onnx.load_from_string(am))
+        self.stride = acoustic.time_stride(onnx.load_from_string(am))
 
     def transcript(self, audio: np.ndarray) -> str:
         """As NeMo decodes: the frames up to the encoded length of the valid feature frames (samples // hop)."""

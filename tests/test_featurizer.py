@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from servicemaker.errors import ValidationError
-from servicemaker.speech.featurizer import (FeaturizerConfig, acoustic_interface, build_featurizer,
-                                            check_acoustic_model, fuse, time_stride, window)
+from servicemaker.speech.acoustic import acoustic_interface, check_acoustic_model, fuse, time_stride
+from servicemaker.speech.featurizer import FeaturizerConfig, build_featurizer, window
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asr"
 META = json.loads((FIXTURES / "configs.json").read_text())

@@ -15,140 +15,38 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from servicemaker import __version__
 from servicemaker.build import Reporter, SilentReporter, sha256_file
 from servicemaker.deploy import accuracy, optimize, tensorrt
 from servicemaker.deploy import graph as graphs
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
+from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, RmirPlan, StepResult, _Deploy
+from servicemaker.deploy.status import STATUS_FILE, atomic_write, write_status
 from servicemaker.eff import onnx_tar
-from servicemaker.eff.codecs import KeyRing, SaltTable
-from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
+from servicemaker.eff.codecs import KeyRing
 from servicemaker.eff.reader import EffReader
-from servicemaker.family import Family, NetworkJob
 from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
-from servicemaker.keys import ArchiveArg, fallback_key
-from servicemaker.pipeline import Component, Pipeline, check_overrides
+from servicemaker.family import Family, NetworkJob
+from servicemaker.keys import fallback_key
+from servicemaker.pipeline import Component, check_overrides
 from servicemaker.pipelines import get_family, get_pipeline
 from servicemaker.runtime import common
-from servicemaker.spec import ComponentSpec, PipelineSpec, read_spec
+from servicemaker.spec import ComponentSpec, read_spec
 
 TARGETS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-python")
 #: the ``{runtime}`` part of network model names, as Riva names them
 RUNTIME_TAG = {"tensorrt": "trt", "onnxruntime": "onnx", "onnxruntime-python": "onnx"}
-STATUS_FILE = "deploy_status.json"
-STATUS_FORMAT = "servicemaker.deploy_status/1"
 REQUIREMENTS_FILE = "requirements.txt"
 HANDLER_FILE = "svc_handlers.py"
 COMMON_FILE = "svc_common.py"
-VERSION = "1"
 SERVING_PARAMS = {"max_batch_size", "instance_group_count", "max_queue_delay_microseconds"}
-
-
-@dataclass
-class DeployOptions:
-    rmirs: list[ArchiveArg]
-    repo: Path
-    force: bool = False
-    target: str = "auto"
-    salts: SaltTable | None = None
-    limits: Limits = DEFAULT_LIMITS
-    #: ``nn.<param>`` → value: compiler options overriding those the RMIRs recorded at svc-build
-    overrides: dict[str, str] = field(default_factory=dict)
-    allow_accuracy_drop: bool = False
-
-
-@dataclass
-class StepResult:
-    name: str
-    status: str           # OK | SKIPPED | FAILED
-    seconds: float
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ModelPlan:
-    """One Triton model folder to write."""
-
-    name: str
-    rmir: RmirPlan
-    component: str                    # component name, or "ensemble"
-    action: str = "write"             # write | replace | keep
-    fingerprint: str = ""
-    files: dict[str, Path] = field(default_factory=dict)   # version-folder file → staged source
-    config: ModelConfigSpec | None = None
-    config_text: str = ""
-    parsed: Any = None
-    report: dict[str, Any] = field(default_factory=dict)   # the network step's optimization report
-
-
-@dataclass
-class RmirPlan:
-    arg: ArchiveArg
-    reader: EffReader
-    spec: PipelineSpec
-    pipeline: Pipeline
-    sha256: str
-    size: int
-    models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
-    signature: graphs.Signature | None = None
-    graph_path: Path | None = None
-    calibration_path: Path | None = None
-    job: NetworkJob | None = None
-
-
-@dataclass
-class DeployResult:
-    repo: Path
-    target: str
-    written: list[str]
-    replaced: list[str]
-    kept: list[str]
-    steps: list[StepResult]
-    seconds: float
-
-
-class _Deploy:
-    """The state the steps share."""
-
-    def __init__(self, opts: DeployOptions, reporter: Reporter, stack: ExitStack) -> None:
-        self.opts = opts
-        self.rep = reporter
-        self.stack = stack
-        self.target = opts.target
-        self.instance_kind = "KIND_CPU"
-        self.rmirs: list[RmirPlan] = []
-        self.models: dict[str, ModelPlan] = {}
-        self.stage: Path | None = None
-        self.results: list[StepResult] = []
-
-    # -- helpers ----------------------------------------------------------------------------------------------------
-    def staged(self, plan: ModelPlan) -> Path:
-        assert self.stage is not None
-        folder = self.stage / "models" / plan.name / VERSION
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def work(self, rmir: RmirPlan) -> Path:
-        assert self.stage is not None
-        folder = self.stage / "work" / rmir.sha256[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def live(self) -> list[ModelPlan]:
-        """Models this deploy writes (kept ones excluded), each once."""
-        return [m for m in self.models.values() if m.action != "keep"]
 
 
 # --- the steps -------------------------------------------------------------------------------------------------------
@@ -587,15 +485,8 @@ def commit(d: _Deploy) -> dict[str, Any]:
     if req.exists():
         lines |= {ln.strip() for ln in req.read_text(encoding="utf-8").splitlines() if ln.strip()}
     if lines:
-        _atomic_write(req, "".join(sorted(f"{ln}\n" for ln in lines if not ln.startswith("#"))), d.stage)
+        atomic_write(req, "".join(sorted(f"{ln}\n" for ln in lines if not ln.startswith("#"))), d.stage)
     return {"written": [p.name for p, had in moved if not had], "replaced": [p.name for p, had in moved if had]}
-
-
-def _atomic_write(path: Path, text: str, scratch: Path) -> None:
-    tmp = scratch / f".{path.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
@@ -609,49 +500,6 @@ STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
     ("write_models", write_models),
     ("commit", commit),
 ]
-
-
-def _versions() -> dict[str, str]:
-    out = {"servicemaker": __version__, "python": platform.python_version()}
-    for dist in ("onnx", "onnxruntime", "onnx-graphsurgeon", "tokenizers", "numpy", "tensorrt", "polygraphy"):
-        try:
-            out[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _write_status(d: _Deploy, seconds: float) -> None:
-    assert d.stage is not None
-    path = d.opts.repo / STATUS_FILE
-    previous: dict[str, Any] = {}
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8")).get("models", {})
-        except (ValueError, AttributeError):
-            previous = {}
-    models = dict(previous) if isinstance(previous, dict) else {}
-    for plan in d.models.values():
-        if plan.action == "keep":
-            continue
-        models[plan.name] = {"pipeline": plan.rmir.spec.pipeline, "component": plan.component,
-                             "rmir": plan.rmir.arg.path.name, "rmir_sha256": plan.rmir.sha256, "target": d.target}
-        if plan.report:
-            models[plan.name]["optimization"] = plan.report
-    status = {
-        "format": STATUS_FORMAT,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "target": d.target,
-        "force": d.opts.force,
-        "seconds": round(seconds, 3),
-        "versions": _versions(),
-        "inputs": [{"file": r.arg.path.name, "sha256": r.sha256, "size": r.size, "pipeline": r.spec.pipeline,
-                    "name": r.spec.name, "spec_version": r.spec.spec_version} for r in d.rmirs],
-        "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3), **s.detail}
-                  for s in d.results],
-        "models": dict(sorted(models.items())),
-    }
-    _atomic_write(path, json.dumps(status, indent=2) + "\n", d.stage)
 
 
 def _staging_parent(repo: Path) -> Path:
@@ -684,9 +532,12 @@ def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResul
                 raise
             d.results.append(StepResult(name, "OK", time.perf_counter() - t0, detail))
         seconds = time.perf_counter() - started
-        _write_status(d, seconds)
+        write_status(d, seconds)
         committed = d.results[-1].detail
         return DeployResult(repo=opts.repo, target=d.target, written=committed.get("written", []),
                             replaced=committed.get("replaced", []),
                             kept=sorted(m.name for m in d.models.values() if m.action == "keep"),
                             steps=d.results, seconds=seconds)
+
+
+__all__ = ["STATUS_FILE", "STEPS", "TARGETS", "DeployOptions", "DeployResult", "StepResult", "deploy"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import time
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,7 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: EngineSettings) -> 
     """Build a serialized engine from ``onnx_path`` into ``plan_path`` and record its metadata beside it
     (``model.plan.json``: TensorRT version, GPU, compute capability, flags, profile); returns the metadata."""
     require()
-    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
-                                        network_from_onnx_path)
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     trt = importlib.import_module("tensorrt_rtx" if use_rtx() else "tensorrt")
     profile = Profile()

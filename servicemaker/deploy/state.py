@@ -1,0 +1,118 @@
+"""What svc-deploy's steps share: the options, the plan of every model folder and RMIR, the step results, and the
+state object the steps receive."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servicemaker.build import Reporter
+from servicemaker.deploy import graph as graphs
+from servicemaker.deploy.config import ModelConfigSpec
+from servicemaker.eff.codecs import SaltTable
+from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
+from servicemaker.eff.reader import EffReader
+from servicemaker.family import NetworkJob
+from servicemaker.keys import ArchiveArg
+from servicemaker.pipeline import Pipeline
+from servicemaker.spec import PipelineSpec
+
+#: the version folder of every model written
+VERSION = "1"
+
+
+@dataclass
+class DeployOptions:
+    rmirs: list[ArchiveArg]
+    repo: Path
+    force: bool = False
+    target: str = "auto"
+    salts: SaltTable | None = None
+    limits: Limits = DEFAULT_LIMITS
+    #: ``nn.<param>`` → value: compiler options overriding those the RMIRs recorded at svc-build
+    overrides: dict[str, str] = field(default_factory=dict)
+    allow_accuracy_drop: bool = False
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str           # OK | SKIPPED | FAILED
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelPlan:
+    """One Triton model folder to write."""
+
+    name: str
+    rmir: RmirPlan
+    component: str                    # component name, or "ensemble"
+    action: str = "write"             # write | replace | keep
+    fingerprint: str = ""
+    files: dict[str, Path] = field(default_factory=dict)   # version-folder file → staged source
+    config: ModelConfigSpec | None = None
+    config_text: str = ""
+    parsed: Any = None
+    report: dict[str, Any] = field(default_factory=dict)   # the network step's optimization report
+
+
+@dataclass
+class RmirPlan:
+    arg: ArchiveArg
+    reader: EffReader
+    spec: PipelineSpec
+    pipeline: Pipeline
+    sha256: str
+    size: int
+    models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
+    signature: graphs.Signature | None = None
+    graph_path: Path | None = None
+    calibration_path: Path | None = None
+    job: NetworkJob | None = None
+
+
+@dataclass
+class DeployResult:
+    repo: Path
+    target: str
+    written: list[str]
+    replaced: list[str]
+    kept: list[str]
+    steps: list[StepResult]
+    seconds: float
+
+
+class _Deploy:
+    """The state the steps share."""
+
+    def __init__(self, opts: DeployOptions, reporter: Reporter, stack: ExitStack) -> None:
+        self.opts = opts
+        self.rep = reporter
+        self.stack = stack
+        self.target = opts.target
+        self.instance_kind = "KIND_CPU"
+        self.rmirs: list[RmirPlan] = []
+        self.models: dict[str, ModelPlan] = {}
+        self.stage: Path | None = None
+        self.results: list[StepResult] = []
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def staged(self, plan: ModelPlan) -> Path:
+        assert self.stage is not None
+        folder = self.stage / "models" / plan.name / VERSION
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def work(self, rmir: RmirPlan) -> Path:
+        assert self.stage is not None
+        folder = self.stage / "work" / rmir.sha256[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def live(self) -> list[ModelPlan]:
+        """Models this deploy writes (kept ones excluded), each once."""
+        return [m for m in self.models.values() if m.action != "keep"]
