@@ -229,10 +229,13 @@ class AsrFamily(Family):
     # -- helpers ----------------------------------------------------------------------------------------------------
     @staticmethod
     def _model_config(job: NetworkJob) -> dict[str, Any]:
+        """The export's model_config.yaml, read once per deploy."""
         from servicemaker import yamlio
 
-        config = yamlio.load(job.files["ctc_decoder"]["model_config"].read_bytes())
-        return config if isinstance(config, dict) else {}
+        if "model_config" not in job.state:
+            config = yamlio.load(job.files["ctc_decoder"]["model_config"].read_bytes())
+            job.state["model_config"] = config if isinstance(config, dict) else {}
+        return job.state["model_config"]
 
     def _featurizer_config(self, job: NetworkJob) -> Any:
         from servicemaker.speech.featurizer import FeaturizerConfig
