@@ -52,14 +52,16 @@ def _query(server: TritonServer, repo: Path, model: str | None, text: str, conte
     print(json.dumps(answers, indent=2, ensure_ascii=False))
 
 
-def _transcribe(server: TritonServer, repo: Path, model: str | None, audio_file: Path, streaming: bool) -> None:
-    """Answer one audio file with the offline (or, with --streaming, the streaming) speech ensembles."""
+def _speech_plan(repo: Path, model: str | None, audio_file: Path, streaming: bool):
+    """The WAV file's samples and rate, and the ensembles to send it to; checked before the server starts."""
+    import wave
+
     if not audio_file.is_file():
         raise UsageError(f"--audio {audio_file} does not exist")
     try:
         audio, rate = read_wav(audio_file)
-    except (ValueError, EOFError, OSError) as err:
-        raise UsageError(f"--audio {audio_file} is not a readable PCM WAV file: {err}",
+    except (ValueError, EOFError, OSError, wave.Error) as err:
+        raise UsageError(f"--audio {audio_file} is not a readable PCM WAV file: {err or 'no RIFF/WAVE header'}",
                          hint="convert it, e.g. sox IN -b 16 OUT.wav") from None
     kind = "streaming" if streaming else "offline"
     found = {name: "IS_FINAL" in outs for name, (ins, outs) in ensemble_signatures(repo).items()
@@ -69,6 +71,11 @@ def _transcribe(server: TritonServer, repo: Path, model: str | None, audio_file:
         raise UsageError(f"{repo} has no {kind} speech recognition ensemble" + (f" named {model}" if model else ""),
                          hint=("deploy one built with svc-build speech_recognition" + ("" if streaming else " --offline"))
                          + ("; or drop --streaming" if streaming else "; or add --streaming"))
+    return audio, rate, names
+
+
+def _transcribe(server: TritonServer, audio, rate: int, names: list[str], streaming: bool) -> None:
+    """Answer one audio file with the offline (or, with --streaming, the streaming) speech ensembles."""
     client = connect(server.http_url)
     answers = {}
     for i, name in enumerate(names):
@@ -112,6 +119,7 @@ def svc_serve(
             raise UsageError("give --query or --audio, not both")
         if streaming and audio is None:
             raise UsageError("--streaming needs --audio FILE.wav")
+        speech = _speech_plan(repo, model, audio, streaming) if audio is not None else None
         server = TritonServer(repo, http_port=http_port or None, grpc_port=grpc_port or None,
                               metrics_port=metrics_port or None, binary=tritonserver, verbose=verbose)
         err_console.print(f"svc-serve (servicemaker) {__version__}: starting Triton for {repo}", markup=False)
@@ -127,7 +135,7 @@ def svc_serve(
                     if query is not None:
                         _query(server, repo, model, query, context)
                     else:
-                        _transcribe(server, repo, model, audio, streaming)
+                        _transcribe(server, *speech, streaming)
                 except InferenceServerException as err:
                     raise ServerAnswerError(f"Triton answered with an error: {err.message()}",
                                             hint="see the server log above (add --log-verbose 1 for more)") from None
