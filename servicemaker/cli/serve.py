@@ -61,7 +61,7 @@ def _speech_plan(repo: Path, model: str | None, audio_file: Path, streaming: boo
     try:
         audio, rate = read_wav(audio_file)
     except (ValueError, EOFError, OSError, wave.Error) as err:
-        raise UsageError(f"--audio {audio_file} is not a readable PCM WAV file: {err or 'no RIFF/WAVE header'}",
+        raise UsageError(f"--audio {audio_file} is not a readable PCM WAV file: {str(err) or 'no RIFF/WAVE header'}",
                          hint="convert it, e.g. sox IN -b 16 OUT.wav") from None
     kind = "streaming" if streaming else "offline"
     found = {name: "IS_FINAL" in outs for name, (ins, outs) in ensemble_signatures(repo).items()
