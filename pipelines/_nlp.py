@@ -12,13 +12,26 @@ from servicemaker.pipeline import Bind, Component, Param, Tensor, network_params
 TEXT = Tensor(name="TEXT", dtype="STRING", dims=(1,))
 ENCODED = {"input_ids": "input_ids", "token_type_ids": "token_type_ids", "attention_mask": "attention_mask"}
 WORDS = {"word_ids": "word_ids", "words": "words"}
+#: which text of the request each network row (window) belongs to
+ROWS = {"row_text": "row_text"}
+#: rows the network and the decoders after it take at once by default: a long text's windows are rows of one batch
+NETWORK_ROWS = 64
+
+DOC_STRIDE = Param(name="doc_stride", type="int", min=1, max=8192, default=None,
+                   help="tokens between the starts of consecutive windows over a text longer than max_seq_length "
+                        "(default: half a window, (max_seq_length - 2) // 2)")
+MAX_REQUEST_CHARS = Param(name="max_request_chars", type="int", min=1, max=10_000_000, default=10_000,
+                          help="longest text a request may carry, in characters; a longer one gets an error")
+LONG_INPUT = Param(name="long_input", type="choice", choices=("truncate", "mean"), default="truncate",
+                   help="a text longer than max_seq_length: classify its first window (truncate) or the mean of "
+                        "the logits of all its windows (mean)")
 
 
-def tokenizer(model_name: str, *, extra: tuple[Param, ...] = (), handler: str = "tokenize") -> Component:
+def tokenizer(model_name: str, *, extra: tuple[Param, ...] = (DOC_STRIDE,), handler: str = "tokenize") -> Component:
     return Component(
         name="tokenizer", kind="python", model_name=model_name, handler=handler,
-        help="WordPiece tokenization of the request text (Python backend, `tokenizers`)",
-        params=tokenizer_params() + extra,
+        help="WordPiece tokenization of the request text into max_seq_length windows (Python backend, `tokenizers`)",
+        params=tokenizer_params() + (MAX_REQUEST_CHARS,) + extra,
         binds=(Bind(role="vocab", config_key="tokenizer.vocab_file"),),
     )
 
@@ -26,8 +39,8 @@ def tokenizer(model_name: str, *, extra: tuple[Param, ...] = (), handler: str = 
 def network(model_name: str) -> Component:
     return Component(
         name="nn", kind="network", model_name=model_name, handler="onnx",
-        help="the exported BERT-family network (TensorRT plan or ONNX Runtime)",
-        params=network_params(),
+        help="the exported BERT-family network (TensorRT plan or ONNX Runtime); a long text's windows are rows",
+        params=network_params(max_batch_size=NETWORK_ROWS),
         binds=(
             Bind(role="graph", pattern="*.onnx"),
             Bind(role="model_config", pattern="model_config.yaml"),
@@ -38,8 +51,8 @@ def network(model_name: str) -> Component:
 
 def python(name: str, model_name: str, help: str, *, handler: str, binds: tuple[Bind, ...] = (),
            extra: tuple[Param, ...] = ()) -> Component:
-    return Component(name=name, kind="python", model_name=model_name, help=help, params=serving_params() + extra,
-                     binds=binds, handler=handler)
+    return Component(name=name, kind="python", model_name=model_name, help=help,
+                     params=serving_params(max_batch_size=NETWORK_ROWS) + extra, binds=binds, handler=handler)
 
 
 class NlpFamily(Family):
@@ -112,13 +125,26 @@ class NlpFamily(Family):
         return SampleFeeds(feeds.tokenized(examples, tokenizer, qa),
                            feeds.tokenized(feeds.bundled("samples"), tokenizer, qa), source)
 
+    def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
+        """The tokenizer learns how many rows (windows) the models after it take; the intent decoder how to read
+        long inputs."""
+        if component == "tokenizer":
+            rows = min(int(job.component_params(c.name)["max_batch_size"])
+                       for c in job.pipeline.components if c.name != "tokenizer")
+            return {"network_rows": str(rows)}
+        if job.pipeline.component(component).handler == "intent_slots":
+            return {"long_input": str(job.component_params("tokenizer").get("long_input", "truncate"))}
+        return {}
+
     def engine_profile(self, job: NetworkJob) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Batch 1..max_batch_size × tokens 1..max_seq_length."""
+        """Rows 1..max_batch_size (windows of the requests in a batch) × tokens 1..max_seq_length, tuned for half
+        the requests a tokenizer batch holds (most texts are one window)."""
         from servicemaker.deploy import tensorrt
 
         assert job.signature is not None
+        tokenizer = job.component_params("tokenizer")
         return tensorrt.profile_for([t.name for t in job.signature.inputs], int(job.params["max_batch_size"]),
-                                    int(job.component_params("tokenizer")["max_seq_length"]))
+                                    int(tokenizer["max_seq_length"]), (int(tokenizer["max_batch_size"]) + 1) // 2)
 
 
 def _handler_class(job: NetworkJob, component: str) -> Any:

@@ -217,10 +217,10 @@ class Pipeline(_Frozen):
 
 # --- shared parameter sets -------------------------------------------------------------------------------------------
 
-def serving_params(*, queue_delay_us: int = 1000) -> tuple[Param, ...]:
+def serving_params(*, queue_delay_us: int = 1000, max_batch_size: int = 8) -> tuple[Param, ...]:
     """Parameters every Triton model component has."""
     return (
-        Param(name="max_batch_size", type="int", min=1, max=4096, default=8, from_global="max_batch_size",
+        Param(name="max_batch_size", type="int", min=1, max=4096, default=max_batch_size, from_global="max_batch_size",
               help="largest batch Triton sends to this model"),
         Param(name="instance_group_count", type="int", min=1, max=64, default=1,
               help="model instances Triton runs"),
@@ -229,9 +229,10 @@ def serving_params(*, queue_delay_us: int = 1000) -> tuple[Param, ...]:
     )
 
 
-def network_params(*, precision: str = "fp16", calibration_method: str = "percentile") -> tuple[Param, ...]:
+def network_params(*, precision: str = "fp16", calibration_method: str = "percentile",
+                   max_batch_size: int = 8) -> tuple[Param, ...]:
     """Parameters of a network (``nn``) component: the optimizing compiler's options."""
-    return serving_params(queue_delay_us=100) + (
+    return serving_params(queue_delay_us=100, max_batch_size=max_batch_size) + (
         Param(name="precision", type="choice", choices=("fp32", "fp16", "int8"), default=precision,
               help="compute precision of the optimized network"),
         Param(name="fuse", type="bool", default=True, help="fuse GELU/LayerNorm/attention patterns"),

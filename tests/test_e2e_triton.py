@@ -158,9 +158,7 @@ def test_qa(client, refs):
         start, end = enc.offsets[best[0]][0], enc.offsets[best[1]][1]
         assert (int(out["ANSWER_START"][b, 0]), int(out["ANSWER_END"][b, 0])) == (start, end)
         assert out["ANSWER"][b, 0].decode() == context[start:end]
-        p_start, p_end = softmax(logits[ctx, 0]), softmax(logits[ctx, 1])
-        expected = p_start[ctx.index(best[0])] * p_end[ctx.index(best[1])]
-        np.testing.assert_allclose(out["SCORE"][b, 0], expected, atol=1e-4)
+        assert 0 < out["SCORE"][b, 0] <= 1  # its n-best probability (tests/test_qa_reference.py checks the value)
 
 
 def test_bad_request_gets_an_error_not_a_crash(server):

@@ -60,12 +60,64 @@ def test_tokenize_words_and_word_ids(folder):
     assert out["attention_mask"][1].tolist()[3:] == [0] * (out["attention_mask"].shape[1] - 3)
 
 
-def test_tokenize_truncates_to_max_seq_length(folder):
+def test_tokenize_windows_give_every_word_one_label_position(folder):
     tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "8"})
-    out = tok({"TEXT": strs("the rain in paris will rain tomorrow in london")})
-    assert out["input_ids"].shape == (1, 8)
-    first = h.first_subwords(out["word_ids"][0], 9)
-    assert first[:6] == [1, 2, 3, 4, 5, 6] and first[6:] == [-1, -1, -1]
+    text = "the rain in paris will rain tomorrow in london"
+    out = tok({"TEXT": strs(text, "hello")})
+    # 9 one-token words, 6 per window, starts 3 apart: windows 0-5, 3-8, then "hello"
+    assert out["input_ids"].shape == (3, 8) and out["row_text"][:, 0].tolist() == [0, 0, 1]
+    assert out["words"][0].tolist()[:9] == [w.encode() for w in text.split()] and set(out["words"][1]) == {b""}
+    marks = out["word_ids"]
+    # max context: word 4 has one token of context on its short side in either window (a tie: the earlier wins)
+    assert marks[0].tolist() == [-1, 0, 1, 2, 3, 4, -1, -1]
+    assert marks[1].tolist() == [-1, -1, -1, 5, 6, 7, 8, -1]
+    assert marks[2].tolist()[:3] == [-1, 0, -1]
+
+
+def test_tokenize_short_text_is_one_window(folder):
+    tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "64"})
+    out = tok({"TEXT": strs("xylo lives in paris")})
+    vocab = tiny_vocab()
+    assert [vocab[i] for i in out["input_ids"][0]] == ["[CLS]", "x", "##y", "##l", "##o", "lives", "in", "paris",
+                                                       "[SEP]"]
+    assert out["word_ids"][0].tolist() == [-1, 0, -1, -1, -1, 1, 2, 3, -1]  # first subwords only
+    assert out["row_text"].tolist() == [[0]] and out["attention_mask"].all()
+
+
+def test_window_geometry():
+    assert h.windows(0, 6, 3) == [(0, 0)]
+    assert h.windows(5, 6, 3) == [(0, 5)]
+    assert h.windows(9, 6, 3) == [(0, 6), (3, 6)]
+    assert h.windows(10, 6, 3) == [(0, 6), (3, 6), (6, 4)]
+    assert h.windows(10, 6, 100) == [(0, 6), (6, 4)]  # a stride over the width never skips tokens
+    spans = h.windows(10, 6, 3)
+    # position 4: 1 token of context on its short side in windows 0 and 1 → the earlier; position 7: window 1
+    # (1 token + 0.06) beats window 2 (1 token + 0.04)
+    assert h.owners(spans, 10).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_word_without_tokens_becomes_unk(folder):
+    tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "64"})
+    out = tok({"TEXT": strs("hello \u200b world")})  # the normalizer strips the zero-width space
+    vocab = tiny_vocab()
+    assert [vocab[i] for i in out["input_ids"][0]] == ["[CLS]", "hello", "[UNK]", "world", "[SEP]"]
+    assert out["word_ids"][0].tolist() == [-1, 0, 1, 2, -1]
+
+
+def test_request_limits_are_named(folder):
+    tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "8",
+                                   "max_request_chars": "60", "network_rows": "2"})
+    with pytest.raises(ValueError, match=r"text 1 of the request has 61 characters, more than the 60.*max_request_chars"):
+        tok({"TEXT": strs("hello", "a" * 61)})
+    with pytest.raises(ValueError, match=r"needs 3 windows of 8 tokens but the network takes at most 2.*max_batch_size"):
+        tok({"TEXT": strs("the rain in paris will rain tomorrow in london hello")})
+
+
+def test_tokenize_text_truncates_unless_mean(folder):
+    params = {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "8"}
+    text = strs("the rain in paris will rain tomorrow in london")
+    assert h.TokenizeText(str(folder), params)({"TEXT": text})["input_ids"].shape == (1, 8)
+    assert h.TokenizeText(str(folder), {**params, "long_input": "mean"})({"TEXT": text})["input_ids"].shape == (2, 8)
 
 
 def test_missing_special_token_is_named(tmp_path):
@@ -76,14 +128,33 @@ def test_missing_special_token_is_named(tmp_path):
 
 def test_classify_softmax_and_labels(folder):
     (folder / "labels.csv").write_text("weather\nmusic\n")
-    out = h.Classify(str(folder), {"labels": "labels.csv"})({"logits": np.array([[0.0, 2.0], [1.0, 0.0]], np.float32)})
+    out = h.Classify(str(folder), {"labels": "labels.csv"})({"logits": np.array([[0.0, 2.0], [1.0, 0.0]], np.float32),
+                                                             "row_text": np.array([[0], [1]], np.int32)})
     assert out["LABEL"].tolist() == [[b"music"], [b"weather"]]
     np.testing.assert_allclose(out["SCORE"][:, 0], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))], rtol=1e-6)
 
 
 def test_classify_without_labels_uses_index(folder):
-    out = h.Classify(str(folder), {})({"logits": np.array([[0.0, 2.0, 1.0]], np.float32)})
+    out = h.Classify(str(folder), {})({"logits": np.array([[0.0, 2.0, 1.0]], np.float32),
+                                       "row_text": np.array([[0]], np.int32)})
     assert out["LABEL"].tolist() == [[b"1"]]
+
+
+def test_classify_averages_a_texts_windows(folder):
+    logits = np.array([[0.0, 2.0], [2.0, 0.0], [1.0, 0.0], [0.0, 3.0]], np.float32)
+    out = h.Classify(str(folder), {})({"logits": logits, "row_text": np.array([[0], [0], [0], [1]], np.int32)})
+    np.testing.assert_allclose(out["LOGITS"], [[1.0, 2.0 / 3], [0.0, 3.0]], rtol=1e-6)
+    assert out["LABEL"].tolist() == [[b"0"], [b"1"]]
+
+
+def test_intent_reads_first_window_or_mean(folder):
+    (folder / "intents.csv").write_text("a\nb\n")
+    inputs = {"intent_logits": np.array([[1.0, 0.0], [0.0, 5.0]], np.float32),
+              "slot_logits": np.zeros((2, 3, 3), np.float32), "row_text": np.array([[0], [0]], np.int32)}
+    params = {"intent_labels": "intents.csv", "slot_labels": "labels.csv"}
+    assert h.IntentSlots(str(folder), params)(inputs)["INTENT"].tolist() == [[b"a"]]
+    mean = h.IntentSlots(str(folder), {**params, "long_input": "mean"})(inputs)
+    assert mean["INTENT"].tolist() == [[b"b"]] and mean["slot_labels"].shape == (2, 3)
 
 
 def test_label_count_mismatch_is_named(folder):
@@ -96,33 +167,25 @@ def test_labels_file_with_ids(tmp_path):
     assert h.read_labels(str(tmp_path / "l.csv")) == ["O", "B-PER"]
 
 
-def test_ner_words_take_first_subword_label():
+def test_ner_words_take_their_marked_token():
     inputs = {
-        "token_labels": np.array([[b"O", b"B-PER", b"I-PER", b"O", b"O"]], dtype=object),
-        "token_scores": np.array([[0.1, 0.9, 0.8, 0.7, 0.2]], np.float32),
-        # [CLS] jo ##hn runs [SEP]
-        "word_ids": np.array([[-1, 0, 0, 1, -1]], np.int32),
-        "words": np.array([[b"john", b"runs", b"away"]], dtype=object),
+        "token_labels": np.array([[b"O", b"B-PER", b"I-PER", b"O", b"O"], [b"O", b"O", b"B-LOC", b"O", b"O"]],
+                                 dtype=object),
+        "token_scores": np.array([[0.1, 0.9, 0.8, 0.7, 0.2], [0.1, 0.3, 0.6, 0.4, 0.2]], np.float32),
+        # window 0: [CLS] jo ##hn runs [SEP]; window 1: [CLS] ##hn runs away [SEP] (word 2 decided there)
+        "word_ids": np.array([[-1, 0, -1, 1, -1], [-1, -1, -1, 2, -1]], np.int32),
+        "words": np.array([[b"john", b"runs", b"away"], [b"", b"", b""]], dtype=object),
+        "row_text": np.array([[0], [0]], np.int32),
     }
     out = h.NerWords("", {})(inputs)
     assert out["TOKENS"].tolist() == [[b"john", b"runs", b"away"]]
-    assert out["LABELS"].tolist() == [[b"B-PER", b"O", b"O"]]  # 'away' was truncated away: first label, score 0
-    np.testing.assert_allclose(out["SCORES"], [[0.9, 0.7, 0.0]])
+    assert out["LABELS"].tolist() == [[b"B-PER", b"O", b"O"]]
+    np.testing.assert_allclose(out["SCORES"], [[0.9, 0.7, 0.4]])
 
 
 def test_punctuate():
     assert h.punctuate(["hello", "world", "how", "are", "you"], ["O", ".", "O", "O", "?"],
                        ["U", "O", "U", "O", "O"]) == "Hello world. How are you?"
-
-
-def test_best_span_respects_context_and_length():
-    start = np.array([9, 1, 5, 0, 0], np.float32)  # token 0 (question) is best but not in the context
-    end = np.array([9, 0, 0, 1, 4], np.float32)
-    in_ctx = np.array([False, True, True, True, True])
-    assert h.best_span(start, end, in_ctx, max_len=30)[:2] == (2, 4)
-    assert h.best_span(start, end, in_ctx, max_len=2)[:2] == (2, 3)
-    i, j, score = h.best_span(start, end, in_ctx, max_len=30)
-    assert 0 < score < 1
 
 
 def test_qa_offsets_point_into_the_context(folder):
@@ -139,6 +202,48 @@ def test_qa_offsets_point_into_the_context(folder):
     span = h.QASpan("", {"max_answer_length": "30"})
     logits = np.full((1, offsets.shape[0], 2), -5.0, np.float32)
     logits[0, 6, 0] = logits[0, 8, 1] = 5.0
-    res = span({"logits": logits, "token_offsets": out["token_offsets"], "CONTEXT": strs(context)})
+    res = span({**out, "logits": logits})
     assert res["ANSWER"].tolist() == [[b"lives in London"]]
     assert (res["ANSWER_START"][0, 0], res["ANSWER_END"][0, 0]) == (5, 20)
+    assert 0 < res["SCORE"][0, 0] <= 1
+    short = h.QASpan("", {"max_answer_length": "2"})({**out, "logits": logits})
+    # 'lives in London' is 3 tokens: too long; 'lives' (5 - 5) and 'London' (-5 + 5) tie, the best start's first
+    assert short["ANSWER"].tolist() == [[b"lives"]]
+
+
+def qa_windows(folder, context, **params):
+    tok = h.TokenizeQA(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "16",
+                                     "max_query_length": "4", "doc_stride": "5", **params})
+    return tok({"QUESTION": strs("who won"), "CONTEXT": strs(context)})
+
+
+def test_qa_finds_a_span_in_a_later_window(folder):
+    words = ["the"] * 40
+    words[33] = "acme"
+    context = " ".join(words)
+    out = qa_windows(folder, context)
+    assert out["input_ids"].shape[0] > 3 and set(out["row_text"][:, 0]) == {0}
+    acme = tiny_vocab().index("acme")
+    logits = np.repeat(np.where(out["input_ids"] == acme, 8.0, 0.0)[..., None], 2, axis=-1).astype(np.float32)
+    res = h.QASpan("", {"max_answer_length": "5"})({**out, "logits": logits})
+    start = int(res["ANSWER_START"][0, 0])
+    assert res["ANSWER"][0, 0] == b"acme" and context[start:int(res["ANSWER_END"][0, 0])] == "acme"
+    assert start == len(" ".join(words[:33])) + 1
+    # every context token is the max-context token of exactly one window
+    assert int(out["max_context"].sum()) == 40
+
+
+def test_qa_null_answer_by_threshold(folder):
+    context = "john lives in london"
+    out = qa_windows(folder, context)
+    logits = np.zeros(out["input_ids"].shape + (2,), np.float32)
+    logits[0, 0] = 3.0             # [CLS]: null score 6
+    logits[0, 5:7] = 2.5           # best span: 5
+    feeds = {**out, "logits": logits}
+    plain = h.QASpan("", {"max_answer_length": "5"})(feeds)
+    assert plain["ANSWER"][0, 0] != b""
+    null = h.QASpan("", {"max_answer_length": "5", "version_2_with_negative": "true"})(feeds)
+    assert null["ANSWER"][0, 0] == b"" and 0 < null["SCORE"][0, 0] < 1
+    kept = h.QASpan("", {"max_answer_length": "5", "version_2_with_negative": "true",
+                         "null_score_diff_threshold": "1.5"})(feeds)
+    assert kept["ANSWER"][0, 0] == plain["ANSWER"][0, 0]

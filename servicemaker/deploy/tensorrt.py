@@ -77,9 +77,11 @@ def require() -> None:
                  "or use --target onnxruntime")
 
 
-def profile_for(inputs: list[str], max_batch_size: int, max_seq_length: int):
-    """One profile: batch 1..max_batch_size, sequence 1..max_seq_length, tuned for the middle of both."""
-    opt = (max(1, (max_batch_size + 1) // 2), max(1, max_seq_length // 2))
+def profile_for(inputs: list[str], max_batch_size: int, max_seq_length: int, opt_batch: int | None = None):
+    """One profile: batch 1..max_batch_size, sequence 1..max_seq_length, tuned for ``opt_batch`` rows (default the
+    middle of the batch range) and the middle of the sequence range."""
+    batch = opt_batch if opt_batch is not None else (max_batch_size + 1) // 2
+    opt = (max(1, min(batch, max_batch_size)), max(1, max_seq_length // 2))
     return {name: ((1, 1), opt, (max_batch_size, max_seq_length)) for name in inputs}
 
 

@@ -1,23 +1,32 @@
-"""The NLP family's pre/post-processing handlers (Triton Python backend): WordPiece tokenization, label decoding,
-word merging, punctuation, QA spans.
+"""The NLP family's pre/post-processing handlers (Triton Python backend): WordPiece tokenization over sliding
+windows, label decoding, word merging, punctuation, QA spans.
 
 svc-deploy copies this file into the version folder of every NLP Python-backend model as ``svc_handlers.py``,
 beside ``svc_common.py`` (:mod:`.common`: the handler protocol); it imports only numpy and tokenizers, never
 servicemaker.
 
-Word-level outputs of a batch are padded to the longest row with empty strings (and zero scores); clients drop trailing empty strings.
+Long inputs (documented in docs/deploy.md, "Long inputs"):
+- A text longer than one window (``max_seq_length`` tokens, special tokens included) is split into overlapping
+  windows whose starts are ``doc_stride`` tokens apart (default: half a window). The windows of all texts of a
+  request are the rows of one network batch; ``row_text`` tells each row's text.
+- Words are the whitespace-separated words of the input text; each takes the label of its first subword, read in
+  the window where that subword has the most context on both sides (BERT's and NeMo's "max context" rule). A word
+  the vocabulary has no token for is fed as ``[UNK]``, so every word gets a label.
+- Sequence-level outputs (text_classification, intent): ``long_input=truncate`` reads the first window only,
+  ``mean`` averages the logits of all windows.
+- QA runs NeMo's QA inference: the (truncated) question in every window, the context in ``doc_stride`` windows,
+  the best span over all windows among the ``n_best_size`` start/end candidates, and SQuAD 2.0's no-answer rule.
+- ``max_request_chars`` bounds each text of a request; the network's ``max_batch_size`` bounds the windows of a
+  request (``network_rows``). Beyond either the request fails with an error saying which limit and how to raise it.
 
-Conventions (documented in docs/deploy.md):
-- Words are the whitespace-separated words of the input text; each word takes the label of its first subword.
-- Inputs longer than ``max_seq_length`` tokens are truncated; words cut off by truncation get the first label
-  (``O``, no punctuation, no capitalization) with score 0.
-- QA truncates the question to ``max_query_length`` tokens and the context to what is left of ``max_seq_length``.
+Word-level outputs of a batch are padded to the longest row with empty strings (and zero scores); clients drop
+trailing empty strings.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +41,9 @@ texts, strings, softmax, flag = common.texts, common.strings, common.softmax, co
 ENCODED = (("input_ids", "TYPE_INT64", (-1,)), ("token_type_ids", "TYPE_INT64", (-1,)),
            ("attention_mask", "TYPE_INT64", (-1,)))
 WORDS = (("word_ids", "TYPE_INT32", (-1,)), ("words", "TYPE_STRING", (-1,)))
+ROWS = (("row_text", "TYPE_INT32", (1,)),)
+#: the default of ``max_request_chars`` (characters per text of a request)
+MAX_REQUEST_CHARS = 10_000
 
 
 def read_labels(path: str) -> List[str]:
@@ -56,6 +68,56 @@ def decode(logits: np.ndarray, labels: Sequence[str]) -> Tuple[np.ndarray, np.nd
     return ids, np.take_along_axis(probs, ids[..., None], axis=-1)[..., 0]
 
 
+# --- windows -------------------------------------------------------------------------------------------------------
+
+def windows(n: int, width: int, stride: int) -> List[Tuple[int, int]]:
+    """(start, length) windows of at most ``width`` of ``n`` tokens, starts ``stride`` apart, the last one ending at
+    the last token (NeMo's and BERT's document spans). An empty sequence has one empty window."""
+    out, start = [], 0
+    while True:
+        length = min(n - start, width)
+        out.append((start, length))
+        if start + length >= n:
+            return out
+        start += min(length, stride)
+
+
+def owners(spans: Sequence[Tuple[int, int]], n: int) -> np.ndarray:
+    """For each of ``n`` token positions, the window where it has the most context: the largest
+    min(tokens left, tokens right) + 0.01 × window length, the earlier window on a tie."""
+    best = np.full(n, -1, dtype=np.int64)
+    score = np.full(n, -np.inf)
+    pos = np.arange(n)
+    for k, (start, length) in enumerate(spans):
+        inside = (pos >= start) & (pos < start + length)
+        s = np.minimum(pos - start, start + length - 1 - pos) + 0.01 * length
+        take = inside & (s > score)
+        best[take], score[take] = k, s[take]
+    return best
+
+
+def row_groups(row_text: np.ndarray) -> List[np.ndarray]:
+    """The row indices of each text, in text order (rows of one text are consecutive)."""
+    rt = np.asarray(row_text).reshape(-1)
+    count = int(rt.max()) + 1 if rt.size else 0
+    return [np.flatnonzero(rt == t) for t in range(count)]
+
+
+def check_sizes(items: Sequence[str], limit: int) -> None:
+    for i, text in enumerate(items):
+        if len(text) > limit:
+            raise ValueError(f"text {i} of the request has {len(text)} characters, more than the {limit} this model "
+                             "accepts: split it, or rebuild with a larger --tokenizer.max_request_chars")
+
+
+class Row(NamedTuple):
+    ids: List[int]
+    types: List[int]
+    extra: List[int]        # per token: word index (tokenize) or context position (QA), -1 elsewhere
+    text: int               # the index of the row's text in the request
+    words: Sequence[str] = ()
+
+
 # --- tokenizers ----------------------------------------------------------------------------------------------------
 
 def wordpiece(folder: str, params: Dict[str, str]):
@@ -70,76 +132,152 @@ def wordpiece(folder: str, params: Dict[str, str]):
     return BertWordPieceTokenizer(path, lowercase=flag(params["lower_case"]))
 
 
-class Tokenize(Handler):
-    """TEXT → WordPiece ids over the whitespace-separated words, and each token's word index."""
-
-    INPUTS = (("TEXT", "TYPE_STRING", (1,)),)
-    OUTPUTS = ENCODED + WORDS
+class _Windowed(Handler):
+    """What both tokenizers share: the vocabulary, the window geometry, the request limits, padding of rows."""
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         super().__init__(folder, params)
         self.max_len = int(params["max_seq_length"])
         self.tok = wordpiece(folder, params)
-        self.tok.enable_truncation(self.max_len)
-        self.tok.enable_padding(pad_id=self.tok.token_to_id("[PAD]"), pad_token="[PAD]")
+        self.cls, self.sep, self.pad, self.unk = (self.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+        self.max_chars = int(params.get("max_request_chars") or MAX_REQUEST_CHARS)
+        self.rows_cap = int(params.get("network_rows") or 0)
 
-    def __call__(self, inputs: Arrays) -> Arrays:
-        words = [t.split() for t in texts(inputs["TEXT"])]
-        encs = self.tok.encode_batch(words, is_pretokenized=True)
-        word_ids = np.array([[-1 if w is None else w for w in e.word_ids] for e in encs], dtype=np.int32)
-        return {
-            "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-            "word_ids": word_ids.reshape(len(encs), -1),
-            "words": strings(words),
-        }
+    def stride(self, width: int) -> int:
+        return int(self.params.get("doc_stride") or max(1, width // 2))
 
-
-class TokenizeQA(Handler):
-    """QUESTION + CONTEXT → [CLS] question [SEP] context [SEP], and each context token's char span (else -1)."""
-
-    INPUTS = (("QUESTION", "TYPE_STRING", (1,)), ("CONTEXT", "TYPE_STRING", (1,)))
-    OUTPUTS = ENCODED + (("token_offsets", "TYPE_INT32", (-1, 2)),)
-
-    def __init__(self, folder: str, params: Dict[str, str]) -> None:
-        super().__init__(folder, params)
-        self.max_len = int(params["max_seq_length"])
-        self.max_query = int(params["max_query_length"])
-        self.tok = wordpiece(folder, params)
-        self.pad = self.tok.token_to_id("[PAD]")
-
-    def _question(self, question: str) -> str:
-        enc = self.tok.encode(question, add_special_tokens=False)
-        if len(enc.ids) <= self.max_query:
-            return question
-        return question[: enc.offsets[self.max_query][0]]
-
-    def __call__(self, inputs: Arrays) -> Arrays:
-        self.tok.enable_truncation(self.max_len, strategy="only_second")
-        encs = [self.tok.encode(self._question(q), c)
-                for q, c in zip(texts(inputs["QUESTION"]), texts(inputs["CONTEXT"]))]
-        width = max(len(e.ids) for e in encs)
-        b = len(encs)
+    def pack(self, rows: List[Row]) -> Arrays:
+        """Rows padded to the longest one: ids, types, mask, the per-token ``extra`` (-1 on padding), row_text."""
+        if self.rows_cap and len(rows) > self.rows_cap:
+            raise ValueError(f"the request needs {len(rows)} windows of {self.max_len} tokens but the network takes "
+                             f"at most {self.rows_cap} at once: send fewer or shorter texts per request, or rebuild "
+                             "with larger --nn.max_batch_size and decoder --<component>.max_batch_size values")
+        width = max(len(r.ids) for r in rows)
+        b = len(rows)
         ids = np.full((b, width), self.pad, dtype=np.int64)
         types = np.zeros((b, width), dtype=np.int64)
         mask = np.zeros((b, width), dtype=np.int64)
-        offsets = np.full((b, width, 2), -1, dtype=np.int32)
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            ids[i, :n], types[i, :n], mask[i, :n] = e.ids, e.type_ids, e.attention_mask
-            for j, (seq, span) in enumerate(zip(e.sequence_ids, e.offsets)):
-                if seq == 1 and e.special_tokens_mask[j] == 0:
-                    offsets[i, j] = span
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "token_offsets": offsets}
+        extra = np.full((b, width), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            n = len(r.ids)
+            ids[i, :n], types[i, :n], mask[i, :n], extra[i, :n] = r.ids, r.types, 1, r.extra
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "extra": extra,
+                "row_text": np.array([[r.text] for r in rows], dtype=np.int32)}
+
+
+def word_tokens(enc, n_words: int, unk: int) -> Tuple[List[int], List[int]]:
+    """The token ids of a pre-tokenized encoding and each word's first token index; a word without tokens (the
+    normalizer removed all its characters) becomes one [UNK]."""
+    per_word: List[List[int]] = [[] for _ in range(n_words)]
+    for token, word in zip(enc.ids, enc.word_ids):
+        if word is not None and 0 <= word < n_words:
+            per_word[word].append(token)
+    ids: List[int] = []
+    first: List[int] = []
+    for tokens in per_word:
+        first.append(len(ids))
+        ids.extend(tokens or [unk])
+    return ids, first
+
+
+class Tokenize(_Windowed):
+    """TEXT → WordPiece ids over the whitespace-separated words in windows; ``word_ids`` marks, for each word, its
+    first token in the window where it has the most context; ``words`` holds a text's words in its first row."""
+
+    INPUTS = (("TEXT", "TYPE_STRING", (1,)),)
+    OUTPUTS = ENCODED + WORDS + ROWS
+    #: whether texts longer than one window are split into windows (else cut after the first one)
+    WINDOWS = True
+
+    def windowed(self) -> bool:
+        return self.WINDOWS
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        items = texts(inputs["TEXT"])
+        check_sizes(items, self.max_chars)
+        words = [t.split() for t in items]
+        encs = self.tok.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+        width = self.max_len - 2
+        rows: List[Row] = []
+        for b, (ws, enc) in enumerate(zip(words, encs)):
+            ids, first = word_tokens(enc, len(ws), self.unk)
+            spans = windows(len(ids), width, self.stride(width)) if self.windowed() else [(0, min(len(ids), width))]
+            owner = owners(spans, len(ids))
+            for k, (start, length) in enumerate(spans):
+                marks = [-1] * (length + 2)
+                for w, g in enumerate(first):
+                    if owner[g] == k:
+                        marks[1 + g - start] = w
+                rows.append(Row([self.cls] + ids[start:start + length] + [self.sep], [0] * (length + 2), marks, b,
+                                ws if k == 0 else ()))
+        out = self.pack(rows)
+        out["word_ids"] = out.pop("extra").astype(np.int32)
+        out["words"] = strings([r.words for r in rows])
+        return out
+
+
+class TokenizeText(Tokenize):
+    """Tokenize for sequence-level pipelines: windows only with ``long_input=mean``; with ``truncate`` a text is cut
+    after its first window."""
+
+    def windowed(self) -> bool:
+        return self.params.get("long_input", "truncate") == "mean"
+
+
+class TokenizeQA(_Windowed):
+    """QUESTION + CONTEXT → [CLS] question [SEP] context window [SEP] rows (NeMo's QA features); each context token's
+    character span (else -1) and whether this window is its max-context window; ``context`` carries each text's
+    CONTEXT in its first row (every tensor after the tokenizer has one row per window)."""
+
+    INPUTS = (("QUESTION", "TYPE_STRING", (1,)), ("CONTEXT", "TYPE_STRING", (1,)))
+    OUTPUTS = ENCODED + (("token_offsets", "TYPE_INT32", (-1, 2)), ("max_context", "TYPE_BOOL", (-1,)),
+                         ("context", "TYPE_STRING", (1,))) + ROWS
+
+    def __init__(self, folder: str, params: Dict[str, str]) -> None:
+        super().__init__(folder, params)
+        # at least one context token fits in every window
+        self.max_query = min(int(params["max_query_length"]), self.max_len - 4)
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        questions, contexts = texts(inputs["QUESTION"]), texts(inputs["CONTEXT"])
+        check_sizes(questions, self.max_chars)
+        check_sizes(contexts, self.max_chars)
+        q_encs = self.tok.encode_batch(questions, add_special_tokens=False)
+        c_encs = self.tok.encode_batch(contexts, add_special_tokens=False)
+        rows: List[Row] = []
+        meta: List[Tuple[List[Tuple[int, int]], np.ndarray, int]] = []  # per row: token offsets, owners, window
+        for b, (q, c) in enumerate(zip(q_encs, c_encs)):
+            query = q.ids[: self.max_query]
+            width = self.max_len - len(query) - 3
+            spans = windows(len(c.ids), width, self.stride(width))
+            owner = owners(spans, len(c.ids))
+            for k, (start, length) in enumerate(spans):
+                head = len(query) + 2
+                rows.append(Row([self.cls] + query + [self.sep] + c.ids[start:start + length] + [self.sep],
+                                [0] * head + [1] * (length + 1),
+                                [-1] * head + list(range(start, start + length)) + [-1], b,
+                                (contexts[b],) if k == 0 else ("",)))
+                meta.append((c.offsets, owner, k))
+        out = self.pack(rows)
+        position = out.pop("extra")
+        offsets = np.full(position.shape + (2,), -1, dtype=np.int32)
+        max_context = np.zeros(position.shape, dtype=bool)
+        for i, (spans, owner, k) in enumerate(meta):
+            cols = np.flatnonzero(position[i] >= 0)
+            pos = position[i, cols]
+            offsets[i, cols] = np.asarray(spans, dtype=np.int32).reshape(-1, 2)[pos]
+            max_context[i, cols] = owner[pos] == k
+        out.update(token_offsets=offsets, max_context=max_context, context=strings([r.words for r in rows]))
+        return out
 
 
 # --- label decoding ------------------------------------------------------------------------------------------------
 
 class Classify(Handler):
-    """Sequence logits → LABEL (from the labels file, else the class index), SCORE (softmax), LOGITS."""
+    """Sequence logits → LABEL (from the labels file, else the class index), SCORE (softmax), LOGITS; a text's
+    windows (``long_input=mean``) are averaged."""
 
-    INPUTS = (("logits", "TYPE_FP32", (-1,)),)
+    INPUTS = (("logits", "TYPE_FP32", (-1,)),) + ROWS
     OUTPUTS = (("LABEL", "TYPE_STRING", (1,)), ("SCORE", "TYPE_FP32", (1,)), ("LOGITS", "TYPE_FP32", (-1,)))
     LABELS = {"logits": "labels"}
 
@@ -148,10 +286,18 @@ class Classify(Handler):
         self.labels = read_labels(self.file("labels")) if params.get("labels") else None
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        logits = inputs["logits"].astype(np.float32)
+        logits = per_text(inputs["logits"].astype(np.float32), inputs["row_text"], "mean")
         labels = self.labels or [str(i) for i in range(logits.shape[-1])]
         ids, scores = decode(logits, labels)
         return {"LABEL": strings([[labels[i]] for i in ids]), "SCORE": scores.reshape(-1, 1), "LOGITS": logits}
+
+
+def per_text(logits: np.ndarray, row_text: np.ndarray, how: str) -> np.ndarray:
+    """One row of sequence logits per text: its first window's (``truncate``) or the mean of its windows'."""
+    groups = row_groups(row_text)
+    if how == "mean":
+        return np.stack([logits[g].mean(axis=0) for g in groups]) if groups else logits[:0]
+    return logits[[g[0] for g in groups]]
 
 
 class LabelTokens(Handler):
@@ -171,9 +317,10 @@ class LabelTokens(Handler):
 
 
 class IntentSlots(Handler):
-    """Intent logits → INTENT, INTENT_SCORE; slot logits → each token's slot label."""
+    """Intent logits → INTENT, INTENT_SCORE per text (``long_input``: first window or mean); slot logits → each
+    token's slot label."""
 
-    INPUTS = (("intent_logits", "TYPE_FP32", (-1,)), ("slot_logits", "TYPE_FP32", (-1, -1)))
+    INPUTS = (("intent_logits", "TYPE_FP32", (-1,)), ("slot_logits", "TYPE_FP32", (-1, -1))) + ROWS
     OUTPUTS = (("INTENT", "TYPE_STRING", (1,)), ("INTENT_SCORE", "TYPE_FP32", (1,)),
                ("slot_labels", "TYPE_STRING", (-1,)))
     LABELS = {"intent_logits": "intent_labels", "slot_logits": "slot_labels"}
@@ -182,9 +329,11 @@ class IntentSlots(Handler):
         super().__init__(folder, params)
         self.intents = read_labels(self.file("intent_labels"))
         self.slots = read_labels(self.file("slot_labels"))
+        self.long_input = params.get("long_input", "truncate")
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        intent, score = decode(inputs["intent_logits"], self.intents)
+        logits = per_text(inputs["intent_logits"].astype(np.float32), inputs["row_text"], self.long_input)
+        intent, score = decode(logits, self.intents)
         slots, _ = decode(inputs["slot_logits"], self.slots)
         return {"INTENT": strings([[self.intents[i]] for i in intent]), "INTENT_SCORE": score.reshape(-1, 1),
                 "slot_labels": strings([[self.slots[i] for i in row] for row in slots])}
@@ -211,34 +360,35 @@ class PunctLabels(Handler):
 
 # --- word-level merging --------------------------------------------------------------------------------------------
 
-def first_subwords(word_ids: np.ndarray, n_words: int) -> List[int]:
-    """For each word, the index of its first token, or -1 when truncation dropped it."""
-    first = [-1] * n_words
-    for j, w in enumerate(word_ids):
-        if 0 <= w < n_words and first[w] < 0:
-            first[w] = j
-    return first
-
-
 def row_words(words: np.ndarray) -> List[str]:
     return [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in words if w not in (b"", "")]
 
 
-def per_word(inputs: Arrays, tensor: str, default: str) -> List[List[Tuple[str, str, int]]]:
-    """Rows of (word, label of its first subword, token index or -1)."""
-    rows = []
-    for b in range(len(inputs["words"])):
-        words = row_words(inputs["words"][b])
-        labels = inputs[tensor][b]
-        rows.append([(w, (labels[j].decode("utf-8") if j >= 0 else default), j)
-                     for w, j in zip(words, first_subwords(inputs["word_ids"][b], len(words)))])
-    return rows
+def word_positions(inputs: Arrays) -> List[Tuple[List[str], List[Tuple[int, int]]]]:
+    """Per text: its words and, for each, the (row, token) whose label it takes, (-1, -1) when a truncated text
+    has no token for it."""
+    out = []
+    word_ids = inputs["word_ids"]
+    for rows in row_groups(inputs["row_text"]):
+        words = row_words(inputs["words"][rows[0]])
+        where = [(-1, -1)] * len(words)
+        for r in rows:
+            for j in np.flatnonzero(word_ids[r] >= 0):
+                w = int(word_ids[r, j])
+                if w < len(words):
+                    where[w] = (int(r), int(j))
+        out.append((words, where))
+    return out
+
+
+def labels_at(inputs: Arrays, tensor: str, where: Sequence[Tuple[int, int]], default: str) -> List[str]:
+    return [inputs[tensor][r][j].decode("utf-8") if r >= 0 else default for r, j in where]
 
 
 class NerWords(Handler):
     """Token labels → TOKENS (input words), LABELS, SCORES, the first subword deciding."""
 
-    INPUTS = (("token_labels", "TYPE_STRING", (-1,)), ("token_scores", "TYPE_FP32", (-1,))) + WORDS
+    INPUTS = (("token_labels", "TYPE_STRING", (-1,)), ("token_scores", "TYPE_FP32", (-1,))) + WORDS + ROWS
     OUTPUTS = (("TOKENS", "TYPE_STRING", (-1,)), ("LABELS", "TYPE_STRING", (-1,)), ("SCORES", "TYPE_FP32", (-1,)))
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
@@ -246,20 +396,21 @@ class NerWords(Handler):
         self.default = params.get("default_label", "O")
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        rows = per_word(inputs, "token_labels", self.default)
-        width = max((len(r) for r in rows), default=0)
-        scores = np.zeros((len(rows), width), dtype=np.float32)
-        for b, row in enumerate(rows):
-            for k, (_, _, j) in enumerate(row):
-                scores[b, k] = inputs["token_scores"][b][j] if j >= 0 else 0.0
-        return {"TOKENS": strings([[w for w, _, _ in r] for r in rows]),
-                "LABELS": strings([[lab for _, lab, _ in r] for r in rows]), "SCORES": scores}
+        texts_ = word_positions(inputs)
+        width = max((len(words) for words, _ in texts_), default=0)
+        scores = np.zeros((len(texts_), width), dtype=np.float32)
+        for b, (_, where) in enumerate(texts_):
+            for k, (r, j) in enumerate(where):
+                scores[b, k] = inputs["token_scores"][r][j] if r >= 0 else 0.0
+        return {"TOKENS": strings([words for words, _ in texts_]),
+                "LABELS": strings([labels_at(inputs, "token_labels", where, self.default) for _, where in texts_]),
+                "SCORES": scores}
 
 
 class SlotWords(Handler):
     """Token slot labels → TOKENS (input words) and SLOTS."""
 
-    INPUTS = (("slot_labels", "TYPE_STRING", (-1,)),) + WORDS
+    INPUTS = (("slot_labels", "TYPE_STRING", (-1,)),) + WORDS + ROWS
     OUTPUTS = (("TOKENS", "TYPE_STRING", (-1,)), ("SLOTS", "TYPE_STRING", (-1,)))
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
@@ -267,9 +418,9 @@ class SlotWords(Handler):
         self.default = params.get("default_label", "O")
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        rows = per_word(inputs, "slot_labels", self.default)
-        return {"TOKENS": strings([[w for w, _, _ in r] for r in rows]),
-                "SLOTS": strings([[lab for _, lab, _ in r] for r in rows])}
+        texts_ = word_positions(inputs)
+        return {"TOKENS": strings([words for words, _ in texts_]),
+                "SLOTS": strings([labels_at(inputs, "slot_labels", where, self.default) for _, where in texts_])}
 
 
 def punctuate(words: Sequence[str], punct: Sequence[str], capit: Sequence[str]) -> str:
@@ -288,64 +439,109 @@ def punctuate(words: Sequence[str], punct: Sequence[str], capit: Sequence[str]) 
 class PunctWords(Handler):
     """Token punctuation/capitalization labels → PUNCTUATED_TEXT."""
 
-    INPUTS = (("punct_labels", "TYPE_STRING", (-1,)), ("capit_labels", "TYPE_STRING", (-1,))) + WORDS
+    INPUTS = (("punct_labels", "TYPE_STRING", (-1,)), ("capit_labels", "TYPE_STRING", (-1,))) + WORDS + ROWS
     OUTPUTS = (("PUNCTUATED_TEXT", "TYPE_STRING", (1,)),)
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        punct = per_word(inputs, "punct_labels", "O")
-        capit = per_word(inputs, "capit_labels", "O")
-        return {"PUNCTUATED_TEXT": strings([[punctuate([w for w, _, _ in p], [lab for _, lab, _ in p],
-                                                       [lab for _, lab, _ in c])] for p, c in zip(punct, capit)])}
+        return {"PUNCTUATED_TEXT": strings([[punctuate(words, labels_at(inputs, "punct_labels", where, "O"),
+                                                       labels_at(inputs, "capit_labels", where, "O"))]
+                                            for words, where in word_positions(inputs)])}
 
 
 # --- QA ------------------------------------------------------------------------------------------------------------
 
-def best_span(start: np.ndarray, end: np.ndarray, in_context: np.ndarray, max_len: int) -> Tuple[int, int, float]:
-    """The (start, end) token pair inside the context with the highest start+end logit, end - start < max_len.
-    The score is the product of start and end softmax probabilities over the context tokens."""
-    idx = np.flatnonzero(in_context)
-    if idx.size == 0:
-        return -1, -1, 0.0
-    s, e = start[idx].astype(np.float64), end[idx].astype(np.float64)
-    total = s[:, None] + e[None, :]
-    pos = idx[None, :] - idx[:, None]
-    total[(pos < 0) | (pos >= max_len)] = -np.inf
-    i, j = np.unravel_index(int(np.argmax(total)), total.shape)
-    ps, pe = softmax(s), softmax(e)
-    return int(idx[i]), int(idx[j]), float(ps[i] * pe[j])
+class Span(NamedTuple):
+    score: float            # start logit + end logit
+    start_logit: float
+    end_logit: float
+    begin: int              # character offsets in the context; -1 for the null answer
+    end: int
+
+
+def top(logits: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest values, the earlier index first on a tie."""
+    return np.argsort(-logits, kind="stable")[:n]
 
 
 class QASpan(Handler):
-    """Start/end logits → ANSWER text, SCORE, ANSWER_START/ANSWER_END character offsets in CONTEXT."""
+    """Start/end logits of a context's windows → ANSWER, SCORE, ANSWER_START/ANSWER_END character offsets, as
+    NeMo's QA inference decides: candidates are the ``n_best_size`` best start and end tokens of each window, a
+    start only in its max-context window, ``end - start < max_answer_length``; the best start+end logit wins. With
+    ``version_2_with_negative`` the null answer (the [CLS] logits of the window where they are lowest) is chosen
+    when its score beats the best span's by more than ``null_score_diff_threshold``. SCORE is the answer's softmax
+    probability over the n-best list (null answer included)."""
 
     INPUTS = (("logits", "TYPE_FP32", (-1, 2)), ("token_offsets", "TYPE_INT32", (-1, 2)),
-              ("CONTEXT", "TYPE_STRING", (1,)))
+              ("max_context", "TYPE_BOOL", (-1,)), ("attention_mask", "TYPE_INT64", (-1,)),
+              ("context", "TYPE_STRING", (1,))) + ROWS
     OUTPUTS = (("ANSWER", "TYPE_STRING", (1,)), ("SCORE", "TYPE_FP32", (1,)), ("ANSWER_START", "TYPE_INT32", (1,)),
                ("ANSWER_END", "TYPE_INT32", (1,)))
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         super().__init__(folder, params)
         self.max_answer = int(params["max_answer_length"])
+        self.n_best = int(params.get("n_best_size") or 20)
+        self.with_null = flag(params.get("version_2_with_negative", "false"))
+        self.threshold = float(params.get("null_score_diff_threshold") or 0.0)
+
+    def candidates(self, inputs: Arrays, rows: np.ndarray) -> Tuple[List[Span], Optional[Span]]:
+        spans: List[Span] = []
+        null: Optional[Span] = None
+        for r in rows:
+            n = int(inputs["attention_mask"][r].sum())
+            start, end = inputs["logits"][r, :n, 0].astype(np.float64), inputs["logits"][r, :n, 1].astype(np.float64)
+            offsets, max_context = inputs["token_offsets"][r], inputs["max_context"][r]
+            if n and (null is None or start[0] + end[0] < null.score):
+                null = Span(float(start[0] + end[0]), float(start[0]), float(end[0]), -1, -1)
+            for i in top(start, self.n_best):
+                if offsets[i, 0] < 0 or not max_context[i]:
+                    continue
+                for j in top(end, self.n_best):
+                    if offsets[j, 0] < 0 or j < i or j - i + 1 > self.max_answer:
+                        continue
+                    spans.append(Span(float(start[i] + end[j]), float(start[i]), float(end[j]),
+                                      int(offsets[i, 0]), int(offsets[j, 1])))
+        return spans, null
+
+    def answer(self, context: str, spans: List[Span], null: Optional[Span]) -> Tuple[str, float, int, int]:
+        prelim = sorted(spans + ([null] if self.with_null and null is not None else []),
+                        key=lambda s: s.score, reverse=True)
+        nbest: List[Tuple[str, Span]] = []
+        seen = set()
+        for span in prelim:
+            if len(nbest) >= self.n_best:
+                break
+            text = context[span.begin:span.end] if span.begin >= 0 else ""
+            if text in seen:
+                continue
+            seen.add(text)
+            nbest.append((text, span))
+        if self.with_null and null is not None and "" not in seen:
+            nbest.append(("", null))
+        if not nbest:
+            return "", 0.0, 0, 0
+        probs = softmax(np.array([s.score for _, s in nbest]))
+        best = next((k for k, (text, s) in enumerate(nbest) if s.begin >= 0), None)
+        if best is None or (self.with_null and null is not None
+                            and null.score - nbest[best][1].score > self.threshold):
+            k = next(k for k, (_, s) in enumerate(nbest) if s.begin < 0) if self.with_null and null else -1
+            return "", float(probs[k]) if k >= 0 else 0.0, 0, 0
+        text, span = nbest[best]
+        return text, float(probs[best]), span.begin, span.end
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        contexts = texts(inputs["CONTEXT"])
-        answers, scores, starts, ends = [], [], [], []
-        for b, context in enumerate(contexts):
-            logits, offsets = inputs["logits"][b], inputs["token_offsets"][b]
-            n = min(len(logits), len(offsets))
-            i, j, score = best_span(logits[:n, 0], logits[:n, 1], offsets[:n, 0] >= 0, self.max_answer)
-            a, z = (int(offsets[i, 0]), int(offsets[j, 1])) if i >= 0 else (0, 0)
-            answers.append([context[a:z]])
-            scores.append(score)
-            starts.append(a)
-            ends.append(z)
-        return {"ANSWER": strings(answers), "SCORE": np.array(scores, dtype=np.float32).reshape(-1, 1),
-                "ANSWER_START": np.array(starts, dtype=np.int32).reshape(-1, 1),
-                "ANSWER_END": np.array(ends, dtype=np.int32).reshape(-1, 1)}
+        groups = row_groups(inputs["row_text"])
+        contexts = [texts(inputs["context"][rows[:1]])[0] for rows in groups]
+        answers = [self.answer(context, *self.candidates(inputs, rows)) for context, rows in zip(contexts, groups)]
+        return {"ANSWER": strings([[a] for a, _, _, _ in answers]),
+                "SCORE": np.array([s for _, s, _, _ in answers], dtype=np.float32).reshape(-1, 1),
+                "ANSWER_START": np.array([a for _, _, a, _ in answers], dtype=np.int32).reshape(-1, 1),
+                "ANSWER_END": np.array([z for _, _, _, z in answers], dtype=np.int32).reshape(-1, 1)}
 
 
 HANDLERS: Dict[str, Callable[[str, Dict[str, str]], Handler]] = {
     "tokenize": Tokenize,
+    "tokenize_text": TokenizeText,
     "tokenize_qa": TokenizeQA,
     "classify": Classify,
     "label_tokens": LabelTokens,
