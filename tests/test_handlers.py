@@ -247,3 +247,13 @@ def test_qa_null_answer_by_threshold(folder):
     kept = h.QASpan("", {"max_answer_length": "5", "version_2_with_negative": "true",
                          "null_score_diff_threshold": "1.5"})(feeds)
     assert kept["ANSWER"][0, 0] == plain["ANSWER"][0, 0]
+
+
+def test_long_calibration_examples_become_window_rows(folder):
+    """Calibration and the accuracy gate feed the network what the tokenizer makes: a long example is several rows."""
+    from servicemaker.deploy import feeds
+
+    tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "8"})
+    batches = feeds.tokenized(["the rain in paris will rain tomorrow in london", "hello"], tok)
+    assert len(batches) == 1 and batches[0]["input_ids"].shape == (3, 8)
+    assert set(batches[0]) == {"input_ids", "token_type_ids", "attention_mask"}
