@@ -88,7 +88,7 @@ def long_server(tiny_dir, tiny_rmirs, tmp_path_factory):
     build(BuildOptions(pipeline="text_classification", output=ArchiveArg(mean, None), domain_name="long",
                        inputs=[ArchiveArg(tiny_dir / "text_classification.riva", None)],
                        overrides={"tokenizer.long_input": "mean"}))
-    rmirs = [tiny_rmirs["token_classification"], tiny_rmirs["punctuation"], qa, mean]
+    rmirs = [tiny_rmirs["token_classification"], tiny_rmirs["punctuation"], tiny_rmirs["intent_slot"], qa, mean]
     repo = out / "repo"
     deploy(DeployOptions(rmirs=[ArchiveArg(p, None) for p in rmirs], repo=repo, target="onnxruntime-python"))
     with TritonServer(repo) as srv:
@@ -98,7 +98,7 @@ def long_server(tiny_dir, tiny_rmirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def refs(tiny_dir, tmp_path_factory) -> dict[str, Reference]:
     return {name: Reference(tiny_dir / f"{name}.riva", tmp_path_factory.mktemp(f"long-ref-{name}"))
-            for name in ("token_classification", "punctuation", "text_classification")}
+            for name in ("token_classification", "punctuation", "text_classification", "intent_slot")}
 
 
 class Row(NamedTuple):
@@ -163,6 +163,18 @@ def test_punctuation_punctuates_every_word_of_a_long_paragraph(long_server, refs
     alone = infer(c, "riva_punctuation", {"TEXT": [" ".join(words[:WIDTH])]}, "grpc")["PUNCTUATED_TEXT"][0, 0]
     decided = WIDTH // 2 + (WIDTH - WIDTH // 2) // 2
     assert alone.decode().split(" ")[:decided] == expected[:decided]
+
+
+def test_intent_slot_slots_every_word_and_reads_the_intent_from_the_first_window(long_server, refs):
+    c = connect(long_server.http_url)
+    words = paragraph(400, seed=13)
+    ref = refs["intent_slot"]
+    out = infer(c, "riva_intent_misc", {"TEXT": [" ".join(words)]})
+    assert rows(out["TOKENS"])[0] == words
+    assert rows(out["SLOTS"])[0] == reference_window_labels(ref, words, "slot_logits", ref.labels["slot_labels"])
+    first = reference_windows(ref, words)[3][0]["intent_logits"]   # long_input=truncate: the first window
+    assert out["INTENT"][0, 0].decode() == ref.labels["intent_labels"][int(first.argmax())]
+    np.testing.assert_allclose(out["INTENT_SCORE"][0, 0], softmax(first).max(), atol=1e-4)
 
 
 def test_text_classification_mean_of_windows(long_server, refs):
