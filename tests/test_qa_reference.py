@@ -58,7 +58,8 @@ def tokenize(folder, case):
     p = case["params"]
     tok = h.TokenizeQA(str(folder), {"vocab": "vocab.txt", "lower_case": "true",
                                      "max_seq_length": str(p["max_seq_length"]),
-                                     "max_query_length": str(p["max_query_length"]), "doc_stride": str(p["doc_stride"])})
+                                     "max_query_length": str(p["max_query_length"]),
+                                     "doc_stride": str(p["doc_stride"])})
     examples = case["examples"]
     return tok({"QUESTION": strs([e["question"] for e in examples]), "CONTEXT": strs([e["context"] for e in examples])})
 

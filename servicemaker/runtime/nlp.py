@@ -512,9 +512,10 @@ class QASpan(Handler):
             if len(nbest) >= self.n_best:
                 break
             text = context[span.begin:span.end] if span.begin >= 0 else ""
-            if text in seen:
+            key = " ".join(text.split())  # answers equal up to spacing are one answer, as NeMo's re-spaced text
+            if key in seen:
                 continue
-            seen.add(text)
+            seen.add(key)
             nbest.append((text, span))
         if self.with_null and null is not None and "" not in seen:
             nbest.append(("", null))
