@@ -257,3 +257,16 @@ def test_long_calibration_examples_become_window_rows(folder):
     batches = feeds.tokenized(["the rain in paris will rain tomorrow in london", "hello"], tok)
     assert len(batches) == 1 and batches[0]["input_ids"].shape == (3, 8)
     assert set(batches[0]) == {"input_ids", "token_type_ids", "attention_mask"}
+
+
+def test_non_utf8_text_is_named():
+    with pytest.raises(ValueError, match=r"text 1 of the request is not valid UTF-8: byte 0xe9 at offset 3"):
+        common.texts(np.array([[b"ok"], [b"caf\xe9"]], dtype=object))
+
+
+def test_a_failed_request_keeps_no_traceback(folder):
+    """A failed request's exception must not hold the frames (and arrays) of the failed call until the batch ends."""
+    tok = h.Tokenize(str(folder), {"vocab": "vocab.txt", "lower_case": "true", "max_seq_length": "8",
+                                   "max_request_chars": "10"})
+    ok, bad = tok.batch([{"TEXT": strs("hello")}, {"TEXT": strs("a" * 11)}])
+    assert isinstance(ok, dict) and isinstance(bad, ValueError) and bad.__traceback__ is None

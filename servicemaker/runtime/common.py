@@ -40,10 +40,17 @@ class StreamEvent(NamedTuple):
 
 
 def texts(array: np.ndarray) -> List[str]:
-    """One string per batch row of a [B] or [B, 1] STRING tensor."""
+    """One string per batch row of a [B] or [B, 1] STRING tensor; bytes that are not UTF-8 fail the request with
+    a message naming the row and the offending byte."""
     out = []
-    for item in np.asarray(array, dtype=object).reshape(len(array), -1)[:, 0]:
-        out.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
+    for i, item in enumerate(np.asarray(array, dtype=object).reshape(len(array), -1)[:, 0]):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"text {i} of the request is not valid UTF-8: byte 0x{item[err.start]:02x} at "
+                                 f"offset {err.start} ({err.reason}); send the text encoded as UTF-8") from None
+        out.append(item if isinstance(item, str) else str(item))
     return out
 
 
@@ -66,6 +73,15 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def flag(value: str) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def detached(err: Exception) -> Exception:
+    """``err`` without its traceback: a failed request's error is kept until every request of the batch is answered,
+    and its traceback would keep the failed call's locals (its windows, encodings: hundreds of MB for a text near
+    the limits) alive that long."""
+    err.__traceback__ = None
+    err.__context__ = err.__cause__ = None
+    return err
 
 
 class Handler:
@@ -98,7 +114,7 @@ class Handler:
             try:
                 out.append(self(inputs))
             except Exception as err:  # noqa: BLE001 - one bad request must not fail the others
-                out.append(err)
+                out.append(detached(err))
         return out
 
     def stream(self, events: List[StreamEvent]) -> List[Result]:  # pragma: no cover - abstract

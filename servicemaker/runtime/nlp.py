@@ -146,12 +146,17 @@ class _Windowed(Handler):
     def stride(self, width: int) -> int:
         return int(self.params.get("doc_stride") or max(1, width // 2))
 
-    def pack(self, rows: List[Row]) -> Arrays:
-        """Rows padded to the longest one: ids, types, mask, the per-token ``extra`` (-1 on padding), row_text."""
-        if self.rows_cap and len(rows) > self.rows_cap:
-            raise ValueError(f"the request needs {len(rows)} windows of {self.max_len} tokens but the network takes "
+    def check_rows(self, spans: Sequence[Sequence[Tuple[int, int]]]) -> None:
+        """Refuse a request whose texts' windows (``spans`` per text) are more rows than the network takes, before
+        any row is built."""
+        count = sum(len(s) for s in spans)
+        if self.rows_cap and count > self.rows_cap:
+            raise ValueError(f"the request needs {count} windows of {self.max_len} tokens but the network takes "
                              f"at most {self.rows_cap} at once: send fewer or shorter texts per request, or rebuild "
                              "with larger --nn.max_batch_size and decoder --<component>.max_batch_size values")
+
+    def pack(self, rows: List[Row]) -> Arrays:
+        """Rows padded to the longest one: ids, types, mask, the per-token ``extra`` (-1 on padding), row_text."""
         width = max(len(r.ids) for r in rows)
         b = len(rows)
         ids = np.full((b, width), self.pad, dtype=np.int64)
@@ -198,17 +203,19 @@ class Tokenize(_Windowed):
         words = [t.split() for t in items]
         encs = self.tok.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
         width = self.max_len - 2
+        tokens = [word_tokens(enc, len(ws), self.unk) for ws, enc in zip(words, encs)]
+        spans_of = [windows(len(ids), width, self.stride(width)) if self.windowed() else [(0, min(len(ids), width))]
+                    for ids, _ in tokens]
+        self.check_rows(spans_of)
         rows: List[Row] = []
-        for b, (ws, enc) in enumerate(zip(words, encs)):
-            ids, first = word_tokens(enc, len(ws), self.unk)
-            spans = windows(len(ids), width, self.stride(width)) if self.windowed() else [(0, min(len(ids), width))]
+        for b, (ws, (ids, first), spans) in enumerate(zip(words, tokens, spans_of)):
             owner = owners(spans, len(ids))
+            marks = [[-1] * (length + 2) for _, length in spans]
+            for w, g in enumerate(first):
+                if owner[g] >= 0:
+                    marks[owner[g]][1 + g - spans[owner[g]][0]] = w
             for k, (start, length) in enumerate(spans):
-                marks = [-1] * (length + 2)
-                for w, g in enumerate(first):
-                    if owner[g] == k:
-                        marks[1 + g - start] = w
-                rows.append(Row([self.cls] + ids[start:start + length] + [self.sep], [0] * (length + 2), marks, b,
+                rows.append(Row([self.cls] + ids[start:start + length] + [self.sep], [0] * (length + 2), marks[k], b,
                                 ws if k == 0 else ()))
         out = self.pack(rows)
         out["word_ids"] = out.pop("extra").astype(np.int32)
@@ -244,28 +251,31 @@ class TokenizeQA(_Windowed):
         check_sizes(contexts, self.max_chars)
         q_encs = self.tok.encode_batch(questions, add_special_tokens=False)
         c_encs = self.tok.encode_batch(contexts, add_special_tokens=False)
+        queries = [q.ids[: self.max_query] for q in q_encs]
+        context_ids = [c.ids for c in c_encs]  # an Encoding builds a new list on every access: read once
+        spans_of = [windows(len(ids), self.max_len - len(query) - 3, self.stride(self.max_len - len(query) - 3))
+                    for query, ids in zip(queries, context_ids)]
+        self.check_rows(spans_of)
         rows: List[Row] = []
-        meta: List[Tuple[List[Tuple[int, int]], np.ndarray, int]] = []  # per row: token offsets, owners, window
-        for b, (q, c) in enumerate(zip(q_encs, c_encs)):
-            query = q.ids[: self.max_query]
-            width = self.max_len - len(query) - 3
-            spans = windows(len(c.ids), width, self.stride(width))
-            owner = owners(spans, len(c.ids))
+        meta: List[Tuple[np.ndarray, np.ndarray, int]] = []  # per row: the context's token offsets, owners, window
+        for b, (query, ids, spans, c) in enumerate(zip(queries, context_ids, spans_of, c_encs)):
+            owner = owners(spans, len(ids))
+            char_spans = np.asarray(c.offsets, dtype=np.int32).reshape(-1, 2)
+            head = len(query) + 2
             for k, (start, length) in enumerate(spans):
-                head = len(query) + 2
-                rows.append(Row([self.cls] + query + [self.sep] + c.ids[start:start + length] + [self.sep],
+                rows.append(Row([self.cls] + query + [self.sep] + ids[start:start + length] + [self.sep],
                                 [0] * head + [1] * (length + 1),
                                 [-1] * head + list(range(start, start + length)) + [-1], b,
                                 (contexts[b],) if k == 0 else ("",)))
-                meta.append((c.offsets, owner, k))
+                meta.append((char_spans, owner, k))
         out = self.pack(rows)
         position = out.pop("extra")
         offsets = np.full(position.shape + (2,), -1, dtype=np.int32)
         max_context = np.zeros(position.shape, dtype=bool)
-        for i, (spans, owner, k) in enumerate(meta):
+        for i, (char_spans, owner, k) in enumerate(meta):
             cols = np.flatnonzero(position[i] >= 0)
             pos = position[i, cols]
-            offsets[i, cols] = np.asarray(spans, dtype=np.int32).reshape(-1, 2)[pos]
+            offsets[i, cols] = char_spans[pos]
             max_context[i, cols] = owner[pos] == k
         out.update(token_offsets=offsets, max_context=max_context, context=strings([r.words for r in rows]))
         return out

@@ -45,26 +45,47 @@ class TritonPythonModel:
             try:
                 arrays.append((i, {name: _input(request, name) for name in self.inputs}))
             except Exception as err:  # noqa: BLE001 - a malformed request fails alone
-                results[i] = err
-        if self.handler.SEQUENCE:
-            events = [svc_common.StreamEvent(_corrid(requests[i]), _flag(requests[i], "START"),
-                                             _flag(requests[i], "END"), a) for i, a in arrays]
-            answers = self.handler.stream(events)
-        else:
-            answers = self.handler.batch([a for _, a in arrays])
+                results[i] = svc_common.detached(err)
+        try:
+            if self.handler.SEQUENCE:
+                events = [svc_common.StreamEvent(_corrid(requests[i]), _flag(requests[i], "START"),
+                                                 _flag(requests[i], "END"), a) for i, a in arrays]
+                answers = list(self.handler.stream(events))
+            else:
+                answers = list(self.handler.batch([a for _, a in arrays]))
+            if len(answers) != len(arrays):
+                raise RuntimeError(f"the handler answered {len(answers)} of {len(arrays)} requests")
+        except Exception as err:  # noqa: BLE001 - a handler failing as a whole fails its requests, not the model
+            answers = [err] * len(arrays)
+        # an error's traceback would keep the failed call's arrays alive until every response is sent
+        answers = [svc_common.detached(a) if isinstance(a, Exception) else a for a in answers]
         results.update({i: answer for (i, _), answer in zip(arrays, answers)})
         return [self._response(results[i]) for i in range(len(requests))]
 
     def _response(self, result):
         if isinstance(result, Exception):
-            return pb_utils.InferenceResponse(
-                output_tensors=[], error=pb_utils.TritonError(f"{type(result).__name__}: {result}"))
+            return _error(result)
+        name = ""
         try:
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name]).astype(dtype, copy=False))
-                       for name, dtype in self.outputs]
-        except Exception as err:  # noqa: BLE001
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
+            tensors = []
+            for name, dtype in self.outputs:
+                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(result[name]).astype(dtype, copy=False)))
+        except Exception as err:  # noqa: BLE001 - a bad answer fails its request alone
+            return _error(RuntimeError(f"output {name}: {_describe(err)}"))
         return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _describe(err):
+    """A handler's ValueError is a message for the client (what is wrong, what to do); any other exception is a
+    bug, named by its type. Never empty."""
+    text = str(err).strip()
+    if isinstance(err, ValueError) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else f"{type(err).__name__} (no message)"
+
+
+def _error(err):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(_describe(err)))
 
 
 def _input(request, name):
