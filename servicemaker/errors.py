@@ -15,20 +15,45 @@ Exit codes (documented in docs/cli.md):
  6    a file that was asked for does not exist
  7    the output exists and ``-f`` was not given
 ====  =========================================================
+
+Messages are bounded: a message or hint longer than :data:`MAX_MESSAGE_CHARS` is cut in the middle
+(``… (N characters omitted) …``), so no code path can echo an unbounded value (a 2 MiB manifest field, say)
+to the terminal. A :class:`ValidationError` bounds each violation the same way and lists at most
+:data:`MAX_VIOLATIONS_SHOWN` of them.
 """
 
 from __future__ import annotations
+
+#: the longest message (and hint) an error carries; longer ones are cut in the middle
+MAX_MESSAGE_CHARS = 2000
+#: the most violations a ValidationError message lists (``err.violations`` keeps them all, each bounded)
+MAX_VIOLATIONS_SHOWN = 50
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, or its beginning and end with ``… (N characters omitted) …`` between them if it is too long."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    marker = "… ({} characters omitted) …"
+    room = max(limit - len(marker.format(len(text))), 2)
+    head, tail = room - room // 2, room // 2
+    cut = text[:head] + marker.format(len(text) - head - tail) + text[len(text) - tail:]
+    return cut if len(cut) < len(text) else text
 
 
 class ServiceMakerError(Exception):
     """Base of every error a user can cause. ``str(err)`` is the one-line message."""
 
     exit_code = 1
+    #: a subclass that assembles an already bounded multi-part message may raise this
+    max_message_chars = MAX_MESSAGE_CHARS
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = bounded(message, self.max_message_chars)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else bounded(hint)
 
     def __str__(self) -> str:
         return self.message
@@ -72,11 +97,16 @@ class ValidationError(ServiceMakerError, ValueError):
     """An input does not satisfy its schema or the pipeline. Holds every violation found."""
 
     exit_code = 5
+    max_message_chars = MAX_MESSAGE_CHARS * (MAX_VIOLATIONS_SHOWN + 2)
 
     def __init__(self, message: str, violations: list[str] | None = None, *, hint: str | None = None) -> None:
-        self.violations = list(violations or [])
+        self.violations = [bounded(v) for v in violations or []]
+        message = bounded(message)
         if self.violations:
-            message = message + "\n" + "\n".join(f"  - {v}" for v in self.violations)
+            shown = self.violations[:MAX_VIOLATIONS_SHOWN]
+            message = message + "\n" + "\n".join(f"  - {v}" for v in shown)
+            if len(self.violations) > len(shown):
+                message += f"\n  ... and {len(self.violations) - len(shown)} more"
         super().__init__(message, hint=hint)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
@@ -10,7 +9,7 @@ from rich.table import Table
 
 from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, echo_json, out_console, reported_errors
 from servicemaker.eff.codecs import SaltTable
-from servicemaker.inspect import inspect_archive
+from servicemaker.inspect import inspect_archive, to_json
 from servicemaker.keys import parse_archive_arg
 from servicemaker import yamlio
 
@@ -25,11 +24,11 @@ def svc_inspect(
     eff_salts: Optional[str] = typer.Option(None, "--eff-salts", help=SALTS_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Show an archive's metadata, artifacts and (for an RMIR) pipeline spec."""
+    """Show an archive's metadata, artifacts and (for an RMIR) pipeline spec; a key given is checked."""
     with reported_errors(debug):
         doc = inspect_archive(parse_archive_arg(archive), SaltTable.from_option(eff_salts), verify=verify)
         if as_json:
-            echo_json(json.dumps(doc, indent=2, sort_keys=False))
+            echo_json(to_json(doc))
             return
         _print(doc)
 
