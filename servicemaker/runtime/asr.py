@@ -156,7 +156,7 @@ class AsrNetwork(common.OnnxNetwork):
             try:
                 taken.append((i, *network_rows(inputs)))
             except Exception as err:  # noqa: BLE001 - a bad request fails alone
-                results[i] = err
+                results[i] = common.detached(err)
         if not taken:
             return results
         audio = pad_rows([row for _, a, _ in taken for row in a])
@@ -470,7 +470,7 @@ class AsrStream(Handler):
                 windows += [(i, audio, span) for audio, span in self._plan(st, ev.end)]
                 results[i] = {}
             except Exception as err:  # noqa: BLE001 - a bad request fails alone
-                results[i] = err
+                results[i] = common.detached(err)
         frames: Dict[int, List[np.ndarray]] = {i: [] for i in range(len(events))}
         for first in range(0, len(windows), self.max_batch):  # at most the network's max_batch_size per call
             part = windows[first:first + self.max_batch]
@@ -484,7 +484,7 @@ class AsrStream(Handler):
                     frames[i].append(logprobs[n, lo:min(hi, lengths[n])])
             except Exception as err:  # noqa: BLE001 - these streams lost frames: they must start again
                 for i, _, _ in part:
-                    results[i] = err
+                    results[i] = common.detached(err)
                     self.sequences.drop(events[i].corrid)
         for i, ev in enumerate(events):
             if isinstance(results[i], dict):
@@ -530,7 +530,7 @@ class CtcDecodeStream(Handler):
             try:
                 results.append(self._one(ev))
             except Exception as err:  # noqa: BLE001 - a bad request fails alone
-                results.append(err)
+                results.append(common.detached(err))
             if ev.end:
                 self.sequences.drop(ev.corrid)
         return results
