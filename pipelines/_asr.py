@@ -10,7 +10,8 @@ from typing import Any
 
 from servicemaker.errors import ValidationError
 from servicemaker.family import Family, NetworkJob, SampleFeeds
-from servicemaker.pipeline import Bind, Component, Param, Tensor, network_params, serving_params
+from servicemaker.onnx_scan import GraphScan
+from servicemaker.pipeline import Bind, Component, Param, Pipeline, Tensor, network_params, serving_params
 
 AUDIO_INPUTS = (Tensor(name="AUDIO_SIGNAL", dtype="FP32", dims=(-1,)),
                 Tensor(name="SAMPLE_RATE", dtype="INT32", dims=(1,)))
@@ -142,11 +143,16 @@ class AsrFamily(Family):
             job.state.update(featurizer=cfg, stride=stride, ms_per_timestep=ms)
             problems += self._vocabulary_problems(job, model)
             problems += self._timing_problems(job, ms)
-        if problems:
-            raise ValidationError(f"{job.where} does not fit pipeline {job.spec.pipeline}", problems,
-                                  hint="export the CTC model with NeMo (nemo2riva) and keep the preprocessor "
-                                       "settings it was trained with")
+        _refuse(job.where, job.spec.pipeline, problems)
         return graphs.signature(acoustic.fuse(feat.build_featurizer(cfg), model, job.state["stride"]), job.where)
+
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
+        """At svc-build, the acoustic model's interface: one rank-3 float features input (and at most one length),
+        a rank-3 float log-probs output, dynamic batch and time axes. Its feature count, classes and time stride
+        are checked against the preprocessor and vocabulary at svc-deploy."""
+        from servicemaker.speech import acoustic
+
+        _refuse(graph.where, pipeline.name, list(acoustic.acoustic_interface(graph.as_model()).problems))
 
     def network_graph(self, job: NetworkJob, folded: Any) -> Any:
         from servicemaker.speech import acoustic, featurizer as feat
@@ -231,9 +237,14 @@ class AsrFamily(Family):
     def _model_config(job: NetworkJob) -> dict[str, Any]:
         """The export's model_config.yaml, read once per deploy."""
         from servicemaker import yamlio
+        from servicemaker.errors import ArchiveError
 
         if "model_config" not in job.state:
-            config = yamlio.load(job.files["ctc_decoder"]["model_config"].read_bytes())
+            try:
+                config = yamlio.load(job.files["ctc_decoder"]["model_config"].read_bytes())
+            except yamlio.YamlError as err:
+                raise ArchiveError(f"{job.where}: model_config.yaml is not valid YAML: {err}",
+                                   hint="rebuild the RMIR from an intact export") from None
             job.state["model_config"] = config if isinstance(config, dict) else {}
         return job.state["model_config"]
 
@@ -269,6 +280,13 @@ class AsrFamily(Family):
                 if abs(frames - round(frames)) > 1e-6:
                     problems.append(f"{key}={fp[key]:g} s is not a whole number of {ms:g} ms frames")
         return problems
+
+
+def _refuse(where: str, pipeline: str, problems: list[str]) -> None:
+    if problems:
+        raise ValidationError(f"{where} does not fit pipeline {pipeline}", problems,
+                              hint="export the CTC model with NeMo (nemo2riva) and keep the preprocessor settings it "
+                                   "was trained with")
 
 
 FAMILY = AsrFamily()

@@ -7,7 +7,9 @@ from typing import Any
 
 from servicemaker.errors import ValidationError
 from servicemaker.family import Family, NetworkJob, SampleFeeds
-from servicemaker.pipeline import Bind, Component, Param, Tensor, network_params, serving_params, tokenizer_params
+from servicemaker.onnx_scan import GraphScan, check_fits
+from servicemaker.pipeline import (Bind, Component, Param, Pipeline, Step, Tensor, network_params, serving_params,
+                                   tokenizer_params)
 
 TEXT = Tensor(name="TEXT", dtype="STRING", dims=(1,))
 ENCODED = {"input_ids": "input_ids", "token_type_ids": "token_type_ids", "attention_mask": "attention_mask"}
@@ -70,24 +72,12 @@ class NlpFamily(Family):
 
         sig = graphs.signature(model, job.where)
         steps = job.spec.ensemble.steps
-        nn_step = next(s for s in steps if s.component == "nn")
-        producer = next(s for s in steps if set(nn_step.inputs.values()) & set(s.outputs.values()))
-        handler = _handler_class(job, producer.component)
-        feeds = {k: v for k, v in _decls(handler.OUTPUTS).items() if k in producer.outputs}
-        needs: dict[str, tuple[str, tuple[int, ...]]] = {}
-        for out_name, tensor in nn_step.outputs.items():
-            for step in steps:
-                if step.component != "nn":
-                    consumer = _decls(_handler_class(job, step.component).INPUTS)
-                    needs.update({out_name: consumer[key] for key, src in step.inputs.items() if src == tensor})
-        problems = graphs.check_fits(sig, feeds, needs, job.where)
-        if "input_ids" not in {t.name for t in sig.inputs}:
-            problems.append("graph has no input_ids input")
-        nn_tensors = {tensor: out for out, tensor in nn_step.outputs.items()}
+        problems = _interface_problems(job.pipeline, steps, sig, job.where)
+        nn_tensors = {tensor: out for out, tensor in _nn_step(steps).outputs.items()}
         for step in steps:
             if step.component == "nn":
                 continue
-            for key, role in _handler_class(job, step.component).LABELS.items():
+            for key, role in _handler_class(job.pipeline, step.component).LABELS.items():
                 path = job.files.get(step.component, {}).get(role)
                 out = sig.output(nn_tensors.get(step.inputs.get(key, ""), ""))
                 if path is None or out is None or not isinstance(out.shape[-1], int):
@@ -96,10 +86,13 @@ class NlpFamily(Family):
                 if count != out.shape[-1]:
                     source = job.spec.components[step.component].artifacts[role].source
                     problems.append(f"{source} lists {count} labels but {out.name} has {out.shape[-1]} classes")
-        if problems:
-            raise ValidationError(f"{job.where} does not fit pipeline {job.spec.pipeline}", problems,
-                                  hint="export the model with the inputs/outputs docs/deploy.md lists")
+        _refuse(job.where, job.spec.pipeline, problems)
         return sig
+
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
+        """At svc-build, the inputs and outputs (the labels files are counted at svc-deploy)."""
+        _refuse(graph.where, pipeline.name,
+                _interface_problems(pipeline, pipeline.ensemble.steps, graph.signature(), graph.where))
 
     def sample_feeds(self, job: NetworkJob) -> SampleFeeds:
         """Calibration and gate sentences, tokenized by the pipeline's own tokenizer over the staged vocabulary."""
@@ -147,10 +140,39 @@ class NlpFamily(Family):
                                     int(tokenizer["max_seq_length"]), (int(tokenizer["max_batch_size"]) + 1) // 2)
 
 
-def _handler_class(job: NetworkJob, component: str) -> Any:
+def _nn_step(steps: tuple[Step, ...]) -> Step:
+    return next(s for s in steps if s.component == "nn")
+
+
+def _interface_problems(pipeline: Pipeline, steps: tuple[Step, ...], sig: Any, where: str) -> list[str]:
+    """Why the graph's signature does not fit between the tokenizer and the decoders: its inputs must be tensors
+    the tokenizer gives (input_ids among them), its outputs those the decoders read, with their types and ranks."""
+    nn_step = _nn_step(steps)
+    producer = next(s for s in steps if set(nn_step.inputs.values()) & set(s.outputs.values()))
+    feeds = {k: v for k, v in _decls(_handler_class(pipeline, producer.component).OUTPUTS).items()
+             if k in producer.outputs}
+    needs: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for out_name, tensor in nn_step.outputs.items():
+        for step in steps:
+            if step.component != "nn":
+                consumer = _decls(_handler_class(pipeline, step.component).INPUTS)
+                needs.update({out_name: consumer[key] for key, src in step.inputs.items() if src == tensor})
+    problems = check_fits(sig, feeds, needs, where)
+    if "input_ids" not in {t.name for t in sig.inputs}:
+        problems.append("graph has no input_ids input")
+    return problems
+
+
+def _refuse(where: str, pipeline: str, problems: list[str]) -> None:
+    if problems:
+        raise ValidationError(f"{where} does not fit pipeline {pipeline}", problems,
+                              hint="export the model with the inputs/outputs docs/deploy.md lists")
+
+
+def _handler_class(pipeline: Pipeline, component: str) -> Any:
     from servicemaker.runtime import nlp as runtime
 
-    name = job.pipeline.component(component).handler
+    name = pipeline.component(component).handler
     assert name is not None
     return runtime.HANDLERS[name]
 

@@ -8,6 +8,10 @@ The work is a fixed order of checks, then one streaming pass that writes the RMI
    collecting every violation before failing;
 4. stream each artifact (decrypting, hashing, re-encrypting if the output has a key) into a temporary file and
    rename it into place. Nothing is left behind on failure.
+
+Every ONNX graph is scanned without loading it (:mod:`servicemaker.onnx_scan`): a ``.onnx.tar`` in step 3, while
+its members are checked; a plain ``.onnx`` in step 4, as it is copied (no second pass over a large graph). A
+network's graph must then fit its pipeline (the family's ``check_scanned_graph``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from servicemaker import __version__, yamlio
+from servicemaker import __version__, onnx_scan, yamlio
 from servicemaker.eff import onnx_tar
 from servicemaker.eff.codecs import KeyRing, SaltTable
 from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
@@ -31,7 +35,7 @@ from servicemaker.errors import (NotFoundError, OutputExistsError, UsageError,
                                  ValidationError)
 from servicemaker.keys import ArchiveArg, fallback_key
 from servicemaker.pipeline import Bind, InputSlot, Pipeline, check_overrides, config_value
-from servicemaker.pipelines import get_pipeline, pipelines_for_class
+from servicemaker.pipelines import FAMILIES, get_pipeline, pipelines_for_class
 from servicemaker.schema import class_name, load_schemas, strip_nemo
 from servicemaker.spec import SPEC_KEY, SPEC_VERSION, ArtifactRef, ComponentSpec, InputSpec, PipelineSpec, Provenance
 
@@ -177,6 +181,22 @@ def _bind_one(b: Bind, item: _Input, problems: list[str], comp: str) -> str | No
     return None
 
 
+class _GraphChecks:
+    """What svc-build checks of a scanned ONNX graph: external data only where it travels with the graph (in a
+    ``.onnx.tar``), and a network's graph against its pipeline's family (TTS, with no family yet: structure only)."""
+
+    def __init__(self, pipeline: Pipeline, binds: dict[str, dict[str, tuple[str, str]]]) -> None:
+        self.pipeline = pipeline
+        self.family = FAMILIES.get(pipeline.family)
+        self.networks = {roles["graph"] for comp, roles in binds.items()
+                         if pipeline.component(comp).kind == "network" and "graph" in roles}
+
+    def check(self, item: _Input, name: str, scan: onnx_scan.GraphScan) -> None:
+        assert item.slot is not None
+        if self.family is not None and (item.slot.name, name) in self.networks:
+            self.family.check_scanned_graph(self.pipeline, scan)
+
+
 class _FormatKeep(dict):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
@@ -255,11 +275,13 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
         if problems:
             raise ValidationError(f"the inputs do not satisfy pipeline {pipeline.name}", problems,
                                   hint="fix the export (or its model_config.yaml) and run svc-build again")
+        graphs = _GraphChecks(pipeline, binds)
         for item in inputs:
             for name in item.reader.artifacts:
                 if name.endswith(onnx_tar.SUFFIX):
                     rep.step(f"Checking {name}")
-                    onnx_tar.scan(item.reader.open(name), f"{item.arg.shown}: {name}", opts.limits)
+                    graphs.check(item, name, onnx_scan.scan_onnx_tar(item.reader.open(name),
+                                                                     f"{item.arg.shown}: {name}", opts.limits))
 
         # -- names ------------------------------------------------------------------------------------------------------
         primary_cfg = by_slot[pipeline.inputs[0].name].config
@@ -308,8 +330,15 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
                 stream = item.reader.open(name)
                 carried = {k: v for k, v in props.items() if k not in _CODEC_PROPS}
                 carried.update(component=comp, source=name)
-                final = writer.add_stream(stored, rep.track(stream, f"{item.arg.path.name}: {name}", stream.size),
-                                          stream.size, carried)
+                source = rep.track(stream, f"{item.arg.path.name}: {name}", stream.size)
+                if name.endswith(".onnx"):
+                    source = onnx_scan.ScanningReader(source, onnx_scan.GraphScanner(f"{item.arg.shown}: {name}",
+                                                                                     stream.size))
+                final = writer.add_stream(stored, source, stream.size, carried)
+                if isinstance(source, onnx_scan.ScanningReader):
+                    scan = source.scanner.finish()
+                    scan.check_external(None)   # a plain .onnx carries no data files
+                    graphs.check(item, name, scan)
                 refs[(item.slot.name, name)] = ArtifactRef(name=stored, source=name, input=item.slot.name,
                                                            sha256=final["sha256"], size=stream.size)
                 total += stream.size

@@ -5,6 +5,8 @@ Each family (``pipelines/_nlp.py``, ``pipelines/_asr.py``) subclasses :class:`Fa
 deploy steps call these hooks with a :class:`NetworkJob` and never look at tokenizers, audio or labels themselves:
 
 - ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
+- ``check_scanned_graph``: svc-build's early form of ``check_graph``: the same rules, applied to what a scan of
+  the graph reads without loading its weights (:mod:`servicemaker.onnx_scan`: inputs, outputs, ...);
 - ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front);
 - ``sample_feeds``: calibration and accuracy-gate inputs for the optimizing compiler;
 - ``int8_exclude``: node-name prefixes INT8 leaves in FP32 (e.g. ASR's fused featurizer);
@@ -21,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the deploy layer's types; families import it lazily
-    from servicemaker.deploy.graph import Signature
+if TYPE_CHECKING:  # types of other modules; families import them lazily
+    from servicemaker.onnx_scan import GraphScan, Signature
     from servicemaker.pipeline import Pipeline
     from servicemaker.spec import PipelineSpec
 
@@ -70,6 +72,11 @@ class Family:
 
     def check_graph(self, job: NetworkJob, model: Any) -> Signature:
         raise NotImplementedError
+
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
+        """At svc-build: raise a ValidationError naming every way the network's graph, scanned without loading it,
+        does not fit ``pipeline`` — the rules of :meth:`check_graph` that need only the graph's interface (the
+        rest, which need the weights or the staged files, wait for svc-deploy). Default: nothing to check."""
 
     def network_graph(self, job: NetworkJob, folded: Any) -> Any:
         return folded

@@ -238,14 +238,17 @@ def test_future_spec_version_leaves_repo_as_it_was(tiny_rmirs, existing_repo, tm
     _assert_untouched(existing_repo, before)
 
 
-def test_graph_that_does_not_fit_is_named(tmp_path):
-    """A token-level graph exported as a text classifier: rank and class count are checked before writing."""
+def test_graph_that_does_not_fit_is_named(tmp_path, monkeypatch):
+    """A token-level graph exported as a text classifier: svc-build refuses it (tests/test_build_graph_check.py); an
+    RMIR made without that check (an older svc-build) is refused by svc-deploy before anything is written."""
     graph = models.export_onnx(models.TaskModel(models.tiny_encoder(), models.TASKS["token_classification"]),
                                ("logits",))
     vocab = "\n".join(models.tiny_vocab()) + "\n"
     from servicemaker.samples.export import nlp_export
     nlp_export(tmp_path / "odd.riva", "TextClassificationModel", graph, vocab=vocab, lm_config="{}",
                labels={"class_labels_file": ["a", "b"]}, pretrained_model_name="tiny-bert")
+    from servicemaker.pipelines import _nlp
+    monkeypatch.setattr(_nlp.NlpFamily, "check_scanned_graph", lambda self, pipeline, graph: None)
     build(BuildOptions(pipeline="text_classification", output=arg(tmp_path / "odd.rmir"),
                        inputs=[arg(tmp_path / "odd.riva")]))
     with pytest.raises(ValidationError) as err:

@@ -37,6 +37,8 @@ def _dims(value_info: Any) -> list[int | str]:
 def _describe(value_info: Any) -> str:
     from onnx import helper
 
+    if not value_info.type.HasField("tensor_type") or value_info.type.tensor_type.elem_type == 0:
+        return f"{value_info.name} (not a typed tensor)"
     kind = helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type).name
     return f"{value_info.name} {kind} {_dims(value_info)}"
 
