@@ -1,9 +1,11 @@
 """svc-deploy: RMIR(s) → a Triton model repository.
 
 Deploy is an explicit, ordered list of named steps (:data:`STEPS`), each returning a typed :class:`StepResult`.
-Everything is written into a staging folder beside the repository first; only the last steps move finished model
-folders into the repository (one ``rename`` each) and write ``deploy_status.json``. So a deploy that fails — wrong
-key, missing artifact, a graph that does not fit, a newer spec — leaves the repository exactly as it was.
+Everything is written into a staging folder beside the repository first; only the commit moves finished model
+folders into the repository and writes ``deploy_status.json`` (:mod:`servicemaker.deploy.staging`: a new repository
+appears with one ``rename``; an existing one is changed under a journal). So a deploy that fails — wrong key,
+missing artifact, a graph that does not fit, a newer spec — leaves the repository exactly as it was, and one that is
+killed is rolled back and cleaned up by the next deploy.
 
 Without ``force``, model folders that already exist are kept and reported; with ``force`` only the models of the
 given RMIRs are replaced. Other models in the repository are never touched.
@@ -16,7 +18,6 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import ExitStack
 from importlib import resources
@@ -28,7 +29,8 @@ from servicemaker.deploy import accuracy, optimize, tensorrt
 from servicemaker.deploy import graph as graphs
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
 from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, RmirPlan, StepResult, _Deploy
-from servicemaker.deploy.status import STATUS_FILE, atomic_write, write_status
+from servicemaker.deploy.staging import Staging, sweep
+from servicemaker.deploy.status import STATUS_FILE, write_status
 from servicemaker.eff import onnx_tar
 from servicemaker.eff.codecs import KeyRing
 from servicemaker.eff.reader import EffReader
@@ -458,35 +460,32 @@ def _requirements(d: _Deploy) -> list[str]:
 
 
 def commit(d: _Deploy) -> dict[str, Any]:
-    """Move the finished model folders into the repository, one rename each; merge requirements.txt."""
-    assert d.stage is not None
+    """Move the finished model folders into the repository (swapped in one by one under a journal, or the whole new
+    repository at once: :mod:`~servicemaker.deploy.staging`); merge requirements.txt. The commit completes after
+    deploy_status.json is written."""
+    assert d.staging is not None
     repo = d.opts.repo
-    repo.mkdir(parents=True, exist_ok=True)
-    old = d.stage / "replaced"
-    old.mkdir()
-    moved: list[tuple[ModelPlan, bool]] = []
+    live = d.live()
+    moved: dict[str, bool] = {}
     try:
-        for plan in d.live():
-            dest = repo / plan.name
-            had = dest.exists()
-            if had:
-                os.rename(dest, old / plan.name)
-            os.rename(d.stage / "models" / plan.name, dest)
-            moved.append((plan, had))
+        root = d.staging.begin([p.name for p in live], (REQUIREMENTS_FILE, STATUS_FILE))
+        for plan in live:
+            moved[plan.name] = d.staging.move_in(plan.name)
+        req = root / REQUIREMENTS_FILE
+        lines = set(_requirements(d))
+        if req.exists():
+            lines |= {ln.strip() for ln in req.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        if lines:
+            text = "".join(sorted(f"{ln}\n" for ln in lines if not ln.startswith("#")))
+            d.staging.write_file(REQUIREMENTS_FILE, text)
     except OSError as err:
-        for plan, had in reversed(moved):  # put the repository back as it was
-            shutil.rmtree(repo / plan.name, ignore_errors=True)
-            if had:
-                os.rename(old / plan.name, repo / plan.name)
+        try:
+            d.staging.undo()  # put the repository back as it was
+        except OSError:
+            pass  # the journal stays: closing the staging folder, or else the next deploy, rolls back
         raise ServiceMakerError(f"cannot write model folders into {repo}: {err}",
                                 hint="check the folder's permissions and free space") from None
-    req = repo / REQUIREMENTS_FILE
-    lines = set(_requirements(d))
-    if req.exists():
-        lines |= {ln.strip() for ln in req.read_text(encoding="utf-8").splitlines() if ln.strip()}
-    if lines:
-        atomic_write(req, "".join(sorted(f"{ln}\n" for ln in lines if not ln.startswith("#"))), d.stage)
-    return {"written": [p.name for p, had in moved if not had], "replaced": [p.name for p, had in moved if had]}
+    return {"written": [n for n, had in moved.items() if not had], "replaced": [n for n, had in moved.items() if had]}
 
 
 STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
@@ -502,14 +501,6 @@ STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
 ]
 
 
-def _staging_parent(repo: Path) -> Path:
-    """The nearest existing folder at or above the repository's parent (renames stay on one filesystem)."""
-    parent = repo.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    return parent
-
-
 def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResult:
     """Run svc-deploy. On any error the repository is left as it was."""
     rep = reporter or SilentReporter()
@@ -518,8 +509,9 @@ def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResul
         raise UsageError("no RMIR given", hint="svc-deploy IN.rmir[:KEY]... REPOSITORY")
     with ExitStack() as stack:
         d = _Deploy(opts, rep, stack)
-        d.stage = Path(tempfile.mkdtemp(prefix=f".{opts.repo.name}.svc-deploy-", dir=_staging_parent(opts.repo)))
-        stack.callback(shutil.rmtree, d.stage, True)
+        d.staging = Staging(opts.repo)
+        stack.callback(d.staging.close)  # removes it; rolls back a commit that did not finish
+        sweep(opts.repo, own=d.staging.path, report=rep.step)  # what killed deploys left
         for name, step in STEPS:
             t0 = time.perf_counter()
             if name not in ("choose_target", "read_rmirs", "plan_models", "commit") and not d.live():
@@ -532,7 +524,12 @@ def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResul
                 raise
             d.results.append(StepResult(name, "OK", time.perf_counter() - t0, detail))
         seconds = time.perf_counter() - started
-        write_status(d, seconds)
+        try:
+            write_status(d, seconds)
+        except OSError as err:
+            raise ServiceMakerError(f"cannot write {STATUS_FILE} into {opts.repo}: {err}",
+                                    hint="check the folder's permissions and free space") from None
+        d.staging.finish()
         committed = d.results[-1].detail
         return DeployResult(repo=opts.repo, target=d.target, written=committed.get("written", []),
                             replaced=committed.get("replaced", []),

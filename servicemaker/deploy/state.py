@@ -11,6 +11,7 @@ from typing import Any
 from servicemaker.build import Reporter
 from servicemaker.deploy import graph as graphs
 from servicemaker.deploy.config import ModelConfigSpec
+from servicemaker.deploy.staging import MODELS, Staging
 from servicemaker.eff.codecs import SaltTable
 from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
 from servicemaker.eff.reader import EffReader
@@ -97,18 +98,22 @@ class _Deploy:
         self.instance_kind = "KIND_CPU"
         self.rmirs: list[RmirPlan] = []
         self.models: dict[str, ModelPlan] = {}
-        self.stage: Path | None = None
+        self.staging: Staging | None = None
         self.results: list[StepResult] = []
 
     # -- helpers ----------------------------------------------------------------------------------------------------
+    @property
+    def stage(self) -> Path:
+        """The staging folder: everything is written here before the commit."""
+        assert self.staging is not None
+        return self.staging.path
+
     def staged(self, plan: ModelPlan) -> Path:
-        assert self.stage is not None
-        folder = self.stage / "models" / plan.name / VERSION
+        folder = self.stage / MODELS / plan.name / VERSION
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def work(self, rmir: RmirPlan) -> Path:
-        assert self.stage is not None
         folder = self.stage / "work" / rmir.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
         return folder

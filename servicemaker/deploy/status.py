@@ -1,13 +1,11 @@
-"""``deploy_status.json``: what the last deploy did, written atomically into the repository."""
+"""``deploy_status.json``: what the last deploy did, written into the repository as part of the deploy's commit."""
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import Any
 
 from servicemaker import __version__
@@ -15,13 +13,6 @@ from servicemaker.deploy.state import _Deploy
 
 STATUS_FILE = "deploy_status.json"
 STATUS_FORMAT = "servicemaker.deploy_status/1"
-
-
-def atomic_write(path: Path, text: str, scratch: Path) -> None:
-    tmp = scratch / f".{path.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 def _versions() -> dict[str, str]:
@@ -35,7 +26,8 @@ def _versions() -> dict[str, str]:
 
 
 def write_status(d: _Deploy, seconds: float) -> None:
-    assert d.stage is not None
+    """Merge this deploy's models into the repository's status and write it (atomically, journaled)."""
+    assert d.staging is not None
     path = d.opts.repo / STATUS_FILE
     previous: dict[str, Any] = {}
     if path.exists():
@@ -64,4 +56,4 @@ def write_status(d: _Deploy, seconds: float) -> None:
                   for s in d.results],
         "models": dict(sorted(models.items())),
     }
-    atomic_write(path, json.dumps(status, indent=2) + "\n", d.stage)
+    d.staging.write_file(STATUS_FILE, json.dumps(status, indent=2) + "\n")
