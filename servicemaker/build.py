@@ -27,7 +27,7 @@ from typing import Any, ContextManager, Protocol
 
 from servicemaker import __version__, onnx_scan, yamlio
 from servicemaker.eff import onnx_tar
-from servicemaker.eff.codecs import KeyRing, SaltTable
+from servicemaker.eff.codecs import KeyRing, SaltTable, digest_of
 from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
 from servicemaker.eff.reader import EffReader
 from servicemaker.eff.writer import DEFAULT_COMPRESSLEVEL, EffWriter
@@ -41,7 +41,7 @@ from servicemaker.spec import SPEC_KEY, SPEC_VERSION, ArtifactRef, ComponentSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: props that describe an artifact's encryption in its source archive; not carried into the RMIR
-_CODEC_PROPS = {"encryption", "sha256", "size", "kdf", "kdf_n", "kdf_r", "kdf_p", "salt", "nonce", "key_check",
+_CODEC_PROPS = {"encryption", "sha256", "hmac_sha256", "size", "kdf", "kdf_n", "kdf_r", "kdf_p", "salt", "nonce", "key_check",
                 "component", "source"}
 #: metadata of an input recorded in the spec
 _INPUT_METADATA = ("format_version", "min_nemo_version", "runtime", "description", "onnx_archive_format")
@@ -340,13 +340,13 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
                     scan.check_external(None)   # a plain .onnx carries no data files
                     graphs.check(item, name, scan)
                 refs[(item.slot.name, name)] = ArtifactRef(name=stored, source=name, input=item.slot.name,
-                                                           sha256=final["sha256"], size=stream.size)
+                                                           sha256=digest_of(final), size=stream.size)
                 total += stream.size
         for (comp, pname), path in option_files.items():
             stored = f"{comp}-{pname}-{path.name}"
             final = writer.add_file(stored, path, {"component": comp, "source": path.name, "option": f"{comp}.{pname}"})
             refs[("option", f"{comp}.{pname}")] = ArtifactRef(name=stored, source=path.name, input="option",
-                                                               sha256=final["sha256"], size=final["size"])
+                                                               sha256=digest_of(final), size=final["size"])
             params[comp][pname] = stored
             total += final["size"]
 

@@ -28,7 +28,7 @@ class ArtifactRef(_Model):
     name: str          # stored name in the RMIR: <component>-<source>
     source: str        # name in the input archive (or the option's file name)
     input: str         # input slot, or "option" for files given with --<component>.<param>
-    sha256: str
+    sha256: str        # the manifest's digest of the artifact: sha256, or hmac_sha256 in an encrypted RMIR
     size: int
 
 

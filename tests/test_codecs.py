@@ -38,7 +38,11 @@ def test_round_trip(tmp_path, codec, salt, salt_table):
         assert stream.size == len(PAYLOAD)
         assert stream.read() == PAYLOAD
         props = r.artifacts["model_graph.onnx"]
-        assert props["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+        if codec == "gcm":  # encrypted: a keyed digest, never the plaintext sha256 (it confirms guesses)
+            assert "sha256" not in props and len(props["hmac_sha256"]) == 64
+            assert props["hmac_sha256"] != hashlib.sha256(PAYLOAD).hexdigest()
+        else:
+            assert props["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
         assert props["onnx"] is True
         assert r.metadata["obj_cls"] == "x.y.Z"
         expected = {"plain": False, "legacy": CIPHER_ID, "gcm": "aes-256-gcm"}[codec]

@@ -537,10 +537,6 @@ def test_killed_build_leaves_the_previous_rmir_and_the_next_build_succeeds(build
     assert not bad, _report(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="EffWriter leaves its temporary file (.<name>.tmp-XXXXXXXX) when the build is "
-                   "killed, and no later build removes it; fix in servicemaker/eff/writer.py (see the crash-safety "
-                   "report): lock the temporary file while writing, sweep unlocked ones of the same output in "
-                   "EffWriter.__init__")
 def test_next_build_removes_what_a_killed_build_left(build_kills):
     left = [k for k in build_kills if k.left]
     assert not left, _report(left)

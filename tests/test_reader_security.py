@@ -189,7 +189,7 @@ def test_unknown_encryption(tmp_path):
     p = make(tmp_path / "a.riva", [("manifest.yaml", manifest), ("artifacts/x.txt", b"hi")])
     with pytest.raises(ArchiveError) as err:
         EffReader(p)
-    assert str(err.value) == "artifact 'x.txt' uses unknown encryption 'rot13'"
+    assert str(err.value) == f"{p}: artifact 'x.txt' uses unknown encryption 'rot13'"
 
 
 def test_hostile_kdf_cost_refused(tmp_path):

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, echo_json, out_console, reported_errors
-from servicemaker.eff.codecs import SaltTable
+from servicemaker.eff.codecs import SaltTable, digest_of
 from servicemaker.inspect import inspect_archive, to_json
 from servicemaker.keys import parse_archive_arg
 from servicemaker import yamlio
@@ -33,7 +33,7 @@ def svc_inspect(
         _print(doc)
 
 
-_TERSE = {"description", "sha256", "size", "encryption", "source", "artifact_type", "content_callback"}
+_TERSE = {"description", "sha256", "hmac_sha256", "size", "encryption", "source", "artifact_type", "content_callback"}
 
 
 def _print(doc: dict) -> None:
@@ -50,7 +50,7 @@ def _print(doc: dict) -> None:
         table.add_column("verified sha256", overflow="fold")
     for a in doc["artifacts"]:
         props = ", ".join(f"{k}={v}" for k, v in a["props"].items() if k not in _TERSE)
-        sha = str(a["props"].get("sha256", ""))[:12]
+        sha = str(digest_of(a["props"]) or "")[:12]
         row = [a["name"], str(a["stored_size"]), a["encryption"], sha, props]
         if doc["verified"]:
             row.append(a["sha256"][:16] + "…")

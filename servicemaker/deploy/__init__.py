@@ -32,7 +32,7 @@ from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, Rm
 from servicemaker.deploy.staging import Staging, sweep
 from servicemaker.deploy.status import STATUS_FILE, write_status
 from servicemaker.eff import onnx_tar
-from servicemaker.eff.codecs import KeyRing
+from servicemaker.eff.codecs import KeyRing, digest_of
 from servicemaker.eff.reader import EffReader
 from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
 from servicemaker.family import Family, NetworkJob
@@ -173,9 +173,10 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
                     stream = d.rep.track(rmir.reader.open(ref.name), f"Extracting {ref.name}", ref.size)
                     path = onnx_tar.extract(stream, target, f"{rmir.arg.shown}:{ref.name}", d.opts.limits)
                 else:
+                    # extract() checked the bytes against the manifest's digest (and the GCM tag); the manifest's
+                    # digest must be the one the pipeline spec records
                     path = rmir.reader.extract(ref.name, work, as_name=f"{comp}-{role}")
-                    digest, _ = sha256_file(path)
-                    if digest != ref.sha256:
+                    if digest_of(rmir.reader.artifacts[ref.name]) != ref.sha256:
                         raise ValidationError(f"{rmir.arg.shown}: artifact {ref.name} does not match the sha256 its "
                                               "pipeline spec records", hint="the RMIR was altered; rebuild it")
                 if cs.kind == "network" and role == "graph":

@@ -1,12 +1,19 @@
-"""Size caps the archive reader enforces. Documented in docs/archive-format.md."""
+"""Size caps the archive reader enforces, and the bound on values echoed in its messages.
+
+Documented in docs/archive-format.md.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+#: the most characters of an archive-supplied value that an error message shows
+SHOWN_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -19,11 +26,37 @@ class Limits:
     max_member_bytes: int = 64 * GiB
     #: the sum of all members (the archive uncompressed)
     max_total_bytes: int = 256 * GiB
+    #: tar headers, extended headers and padding, beyond the members' data (the inflated stream is refused once it
+    #: passes ``max_total_bytes + max_overhead_bytes``)
+    max_overhead_bytes: int = 256 * MiB
     #: number of tar entries
     max_members: int = 10_000
-    #: uncompressed / compressed, checked once the uncompressed total exceeds ``ratio_floor_bytes``
+    #: inflated / compressed file size, checked while the stream inflates once past ``ratio_floor_bytes``
     max_compression_ratio: float = 200.0
     ratio_floor_bytes: int = 256 * MiB
+    #: the data of one pax or GNU long-name header (tar reads it whole into memory)
+    max_extended_header_bytes: int = 1 * MiB
+    #: extended headers in front of one member
+    max_extended_headers: int = 8
+    #: scrypt work (n·r·p) summed over the distinct key derivations one archive asks for
+    max_kdf_work: int = 2**26
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters with an ellipsis: archive values are attacker-controlled."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def bounded(text: str, limit: int = 2 * SHOWN_CHARS) -> str:
+    """The first line of ``text`` (a library's error message that may quote archive bytes), cut to ``limit``."""
+    line = (text or "").splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

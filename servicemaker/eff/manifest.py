@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicemaker import yamlio
+from servicemaker.eff.limits import bounded, shown
 from servicemaker.errors import ArchiveError
 
 MANIFEST_NAME = "manifest.yaml"
@@ -17,7 +18,7 @@ _NAME_RE = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
 
 def check_artifact_name(name: str, where: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", "..") or len(name) > 255:
-        raise ArchiveError(f"{where}: artifact name {name!r} is not allowed (one file name: no '/', '\\', "
+        raise ArchiveError(f"{where}: artifact name {shown(name)} is not allowed (one file name: no '/', '\\', "
                            "control characters, '.' or '..', at most 255 characters)")
 
 
@@ -31,14 +32,16 @@ class Manifest:
         try:
             data = yamlio.load(text)
         except yamlio.YamlError as err:
-            raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {err}") from None
+            raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {bounded(str(err), 200)}") from None
         if not isinstance(data, dict):
             raise ArchiveError(f"{where}: manifest.yaml must be a mapping with 'metadata' and 'artifacts'")
         unknown = sorted(str(k) for k in data if k not in ("metadata", "artifacts"))
         if unknown:
-            raise ArchiveError(f"{where}: manifest.yaml has unknown top-level keys: {', '.join(unknown)}")
-        metadata = data.get("metadata") or {}
-        artifacts = data.get("artifacts") or {}
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ArchiveError(f"{where}: manifest.yaml has unknown top-level keys: "
+                               f"{', '.join(shown(k)[1:-1] for k in unknown[:5])}{more}")
+        metadata = {} if data.get("metadata") is None else data["metadata"]
+        artifacts = {} if data.get("artifacts") is None else data["artifacts"]
         if not isinstance(metadata, dict):
             raise ArchiveError(f"{where}: manifest.yaml 'metadata' must be a mapping")
         if not isinstance(artifacts, dict):
@@ -46,10 +49,11 @@ class Manifest:
         clean: dict[str, dict[str, Any]] = {}
         for name, props in artifacts.items():
             check_artifact_name(name, where)
-            if props is None:
-                props = {}
             if not isinstance(props, dict):
-                raise ArchiveError(f"{where}: properties of artifact '{name}' must be a mapping")
+                # null props included: reading such an artifact as plaintext could hand out ciphertext
+                raise ArchiveError(f"{where}: properties of artifact {shown(name)} must be a mapping, not "
+                                   f"{'null' if props is None else type(props).__name__}",
+                                   hint="every artifact needs its props, at least 'encryption'; re-export the archive")
             clean[name] = props
         return cls(metadata=metadata, artifacts=clean)
 
