@@ -37,12 +37,13 @@ from servicemaker.keys import ArchiveArg, fallback_key
 from servicemaker.pipeline import Bind, InputSlot, Pipeline, check_overrides, config_value
 from servicemaker.pipelines import FAMILIES, get_pipeline, pipelines_for_class
 from servicemaker.schema import class_name, load_schemas, strip_nemo
-from servicemaker.spec import SPEC_KEY, SPEC_VERSION, ArtifactRef, ComponentSpec, InputSpec, PipelineSpec, Provenance
+from servicemaker.spec import (SPEC_KEY, SPEC_VERSION, ArtifactRef, ComponentSpec, InputSpec, PipelineSpec, Provenance,
+                               not_plain)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: props that describe an artifact's encryption in its source archive; not carried into the RMIR
-_CODEC_PROPS = {"encryption", "sha256", "hmac_sha256", "size", "kdf", "kdf_n", "kdf_r", "kdf_p", "salt", "nonce", "key_check",
-                "component", "source"}
+_CODEC_PROPS = {"encryption", "sha256", "hmac_sha256", "size", "kdf", "kdf_n", "kdf_r", "kdf_p", "salt", "nonce",
+                "key_check", "component", "source"}
 #: metadata of an input recorded in the spec
 _INPUT_METADATA = ("format_version", "min_nemo_version", "runtime", "description", "onnx_archive_format")
 MAX_OPTION_FILE_BYTES = 8 * 1024 ** 3  # n-gram LMs are large; option files are streamed
@@ -316,6 +317,10 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
             rep.step(f"Hashing {item.arg.shown}")
             digest, size = sha256_file(item.arg.path)
             meta = {k: item.reader.metadata[k] for k in _INPUT_METADATA if k in item.reader.metadata}
+            odd = not_plain(meta)
+            if odd is not None:
+                raise ValidationError(f"{item.arg.shown}: metadata {odd} is not text or a number",
+                                      hint="re-export the model; its manifest.yaml was altered")
             input_specs.append(InputSpec(slot=item.slot.name, file=item.arg.path.name, sha256=digest, size=size,
                                          model_class=item.model_class, obj_cls=str(item.reader.metadata["obj_cls"]),
                                          metadata=meta))

@@ -24,6 +24,8 @@ to the terminal. A :class:`ValidationError` bounds each violation the same way a
 
 from __future__ import annotations
 
+from typing import Any
+
 #: the longest message (and hint) an error carries; longer ones are cut in the middle
 MAX_MESSAGE_CHARS = 2000
 #: the most violations a ValidationError message lists (``err.violations`` keeps them all, each bounded)
@@ -40,6 +42,27 @@ def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     head, tail = room - room // 2, room // 2
     cut = text[:head] + marker.format(len(text) - head - tail) + text[len(text) - tail:]
     return cut if len(cut) < len(text) else text
+
+
+#: characters of an attacker-controlled value an error message quotes
+SHOWN_CHARS = 80
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters with an ellipsis: archive values are attacker-controlled."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def first_line(text: str, limit: int = 2 * SHOWN_CHARS) -> str:
+    """The first line of ``text`` (a library's error message that may quote archive bytes), cut to ``limit``."""
+    line = (text or "").splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class ServiceMakerError(Exception):

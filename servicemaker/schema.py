@@ -30,7 +30,7 @@ from typing import Any, Callable
 from packaging.version import InvalidVersion, Version
 
 from servicemaker import yamlio
-from servicemaker.errors import ServiceMakerError, ValidationError
+from servicemaker.errors import ServiceMakerError, ValidationError, shown
 
 EXPORT_DIRECTIVES = frozenset({"encryption", "encrypted", "autocast", "max_dim", "export_subnet"})
 NEMO_PREFIX = "nemo:"
@@ -63,7 +63,7 @@ def is_missing(value: Any) -> bool:
 def _as_version(value: Any) -> Version | None:
     try:
         return Version(str(value).strip())
-    except InvalidVersion:
+    except (InvalidVersion, ValueError):  # ValueError: more digits than int() converts
         return None
 
 
@@ -133,11 +133,11 @@ class Schema:
             elif key.startswith("min_") and key.endswith("version"):
                 have, need = _as_version(actual), _as_version(expected)
                 if have is None:
-                    v.append(f"metadata {key} {actual!r} is not a version")
+                    v.append(f"metadata {key} {shown(actual)} is not a version")
                 elif need is not None and have < need:
                     v.append(f"metadata {key} is {actual}, older than the {expected} this schema needs")
             elif not _same(expected, actual):
-                v.append(f"metadata '{key}' is {actual!r}, expected {expected!r}")
+                v.append(f"metadata '{key}' is {shown(actual)}, expected {expected!r}")
         for pattern, required in self.artifact_properties:
             names = self._matching(pattern, artifacts)
             if not names:
@@ -151,7 +151,7 @@ class Schema:
                     if actual is _MISSING:
                         v.append(f"artifact '{name}' lacks property '{key}' (expected {expected})")
                     elif not _same(expected, actual):
-                        v.append(f"artifact '{name}' property '{key}' is {actual!r}, expected {expected!r}")
+                        v.append(f"artifact '{name}' property '{key}' is {shown(actual)}, expected {expected!r}")
         for fname, keys in self.artifact_content:
             if fname not in artifacts:
                 v.append(f"artifact '{fname}' is missing (its content is checked)")
@@ -169,7 +169,7 @@ class Schema:
                     v.append(f"{fname}: key '{dotted}' is missing")
                 elif names_artifact:
                     if not isinstance(value, str) or not value.strip():
-                        v.append(f"{fname}: '{dotted}' must name an artifact of the archive, but is {value!r}")
+                        v.append(f"{fname}: '{dotted}' must name an artifact of the archive, but is {shown(value)}")
                     elif strip_nemo(value) not in artifacts:
                         v.append(f"{fname}: '{dotted}' names artifact '{strip_nemo(value)}', which is not in the archive")
         return v

@@ -69,6 +69,23 @@ class PipelineSpec(_Model):
         return self.model_dump(mode="json")
 
 
+def not_plain(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first value in ``value`` that is not plain data (text, number, bool, null, lists and
+    mappings with text keys): YAML can hold binary data, dates and sets, which a spec must not."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := not_plain(v, f"{path}.{i}" if path else str(i)))), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path}.{k!r}" if path else repr(k)
+            if (p := not_plain(v, f"{path}.{k}" if path else k)) is not None:
+                return p
+        return None
+    return f"{path} ({type(value).__name__})"
+
+
 def read_spec(metadata: dict[str, Any], where: str) -> PipelineSpec:
     """The spec of an RMIR, refusing one from a newer servicemaker or a malformed one."""
     raw = metadata.get(SPEC_KEY)
@@ -81,6 +98,9 @@ def read_spec(metadata: dict[str, Any], where: str) -> PipelineSpec:
     if version > SPEC_VERSION:
         raise SpecVersionError(f"{where}: pipeline spec version {version} is newer than this servicemaker reads "
                                f"({SPEC_VERSION})", hint="upgrade servicemaker, or rebuild the RMIR with this version")
+    odd = not_plain(raw)
+    if odd is not None:
+        raise ValidationError(f"{where}: pipeline spec is malformed", [f"{odd}: not text, a number or a list/mapping"])
     try:
         return PipelineSpec.model_validate(raw)
     except PydanticValidationError as err:

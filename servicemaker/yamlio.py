@@ -162,7 +162,9 @@ class _Hardened(Composer):
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)  # type: ignore[misc]
-        except (ValueError, TypeError, OverflowError) as err:  # e.g. a timestamp with month 13
+        # e.g. a timestamp with month 13; '!!bool maybe', '!!int ""' and '!!timestamp nope' fail in PyYAML's own
+        # constructors with KeyError, IndexError or AttributeError
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as err:
             raise ConstructorError(None, None, f"invalid {_kind(node)}: {err}", node.start_mark) from None
 
     def construct_yaml_int(self, node: ScalarNode) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from servicemaker.errors import ServiceMakerError
@@ -31,9 +32,10 @@ def reported_errors(debug: bool) -> Iterator[None]:
     except ServiceMakerError as err:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {err.message}", markup=True, highlight=False)
+        # archive text may look like markup ('[/]'): print the message as it is
+        err_console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, highlight=False)
         if err.hint:
-            err_console.print(f"[bold]hint:[/] {err.hint}", markup=True, highlight=False)
+            err_console.print(f"[bold]hint:[/] {escape(err.hint)}", markup=True, highlight=False)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")

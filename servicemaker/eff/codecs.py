@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from servicemaker import yamlio
-from servicemaker.eff.limits import bounded, shown
+from servicemaker.errors import first_line, shown
 from servicemaker.errors import ArchiveError, MissingKeyError, NotFoundError, SaltsError, WrongKeyError
 from servicemaker.keys import Secret
 
@@ -88,7 +88,7 @@ class SaltTable:
         try:
             data = yamlio.load(text)
         except yamlio.YamlError as err:
-            raise SaltsError(f"EFF salt file {p} is not valid YAML: {bounded(str(err), 200)}") from None
+            raise SaltsError(f"EFF salt file {p} is not valid YAML: {first_line(str(err), 200)}") from None
         if not isinstance(data, dict):
             raise SaltsError(f"EFF salt file {p} must be a mapping of '<cipher id>: <64 hex chars>'")
         salts: dict[str, bytes] = {}

@@ -24,7 +24,8 @@ from array import array
 from bisect import bisect_right
 from typing import BinaryIO, NamedTuple
 
-from servicemaker.eff.limits import KiB, Limits, bounded
+from servicemaker.eff.limits import KiB, Limits
+from servicemaker.errors import first_line
 from servicemaker.errors import ArchiveError, UnsafeArchiveError
 
 BLOCK = 64 * KiB
@@ -277,7 +278,7 @@ class InflatedStream(io.RawIOBase):
         elif "incorrect length check" in text:
             what = "the gzip size check (ISIZE) failed: the archive is corrupt"
         elif self._high == 0 and self._in_off == 0:
-            what = f"not an EFF archive (not a gzip-compressed tar: {bounded(text.split(': ', 1)[-1])})"
+            what = f"not an EFF archive (not a gzip-compressed tar: {first_line(text.split(': ', 1)[-1])})"
         else:
-            what = f"the compressed data is corrupt ({bounded(text)})"
+            what = f"the compressed data is corrupt ({first_line(text)})"
         return ArchiveError(f"{self.where}: {what}", hint=_DAMAGED)

@@ -6,14 +6,12 @@ Documented in docs/archive-format.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 #: the most characters of an archive-supplied value that an error message shows
-SHOWN_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -43,20 +41,3 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-
-
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters with an ellipsis: archive values are attacker-controlled."""
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - e.g. an int too long to print
-        text = f"<{type(value).__name__}>"
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
-def bounded(text: str, limit: int = 2 * SHOWN_CHARS) -> str:
-    """The first line of ``text`` (a library's error message that may quote archive bytes), cut to ``limit``."""
-    line = (text or "").splitlines()[0] if text else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"

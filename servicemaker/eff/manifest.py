@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicemaker import yamlio
-from servicemaker.eff.limits import bounded, shown
+from servicemaker.errors import first_line, shown
 from servicemaker.errors import ArchiveError
 
 MANIFEST_NAME = "manifest.yaml"
@@ -32,7 +32,7 @@ class Manifest:
         try:
             data = yamlio.load(text)
         except yamlio.YamlError as err:
-            raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {bounded(str(err), 200)}") from None
+            raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {first_line(str(err), 200)}") from None
         if not isinstance(data, dict):
             raise ArchiveError(f"{where}: manifest.yaml must be a mapping with 'metadata' and 'artifacts'")
         unknown = sorted(str(k) for k in data if k not in ("metadata", "artifacts"))

@@ -12,7 +12,8 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from servicemaker.eff.limits import DEFAULT_LIMITS, Limits, shown
+from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
+from servicemaker.errors import shown
 from servicemaker.eff.reader import (CHUNK, _TAR_ERRORS, _describe, bounded_tarinfo, check_member_type,
                                      normalize_member_name)
 from servicemaker.eff.writer import _tarinfo

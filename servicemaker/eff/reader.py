@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 from servicemaker.eff.codecs import (DIGEST_PROP, GCM_NAME, KeyRing, check_encryption_props, decoder_for,
                                      encryption_of, hex_prop)
 from servicemaker.eff.gzstream import InflatedStream
-from servicemaker.eff.limits import DEFAULT_LIMITS, Limits, bounded, shown
+from servicemaker.eff.limits import DEFAULT_LIMITS, Limits
+from servicemaker.errors import first_line, shown
 from servicemaker.eff.manifest import MANIFEST_NAME, REGISTRY, Manifest
 from servicemaker.errors import (ArchiveError, NotFoundError, ServiceMakerError, UnsafeArchiveError,
                                  WrongKeyError)
@@ -145,7 +146,7 @@ def scan_members(tf: tarfile.TarFile, where: str, limits: Limits,
 
 
 def _describe(err: BaseException) -> str:
-    return bounded(str(err) or type(err).__name__)
+    return first_line(str(err) or type(err).__name__)
 
 
 class _MemberView:
@@ -334,6 +335,12 @@ class EffReader:
                 derivations.add(kdf)
             self._members[name] = files[member]
             claimed.add(member)
+        kinds = {name: encryption_of(props) for name, props in self.manifest.artifacts.items()}
+        if GCM_NAME in kinds.values() and None in kinds.values():
+            plain = sorted(name for name, kind in kinds.items() if kind is None)
+            raise UnsafeArchiveError(f"{self.where}: artifact {shown(plain[0])} is stored in plaintext but the archive's "
+                                     f"other artifacts are {GCM_NAME}-encrypted; servicemaker never writes such a mix, "
+                                     "so manifest.yaml was altered", hint="rebuild the archive from its inputs")
         extra = sorted(set(files) - claimed)
         if extra:
             raise UnsafeArchiveError(f"{self.where}: member {shown(extra[0])} is not listed in manifest.yaml"

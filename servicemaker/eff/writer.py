@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from servicemaker.eff.codecs import CIPHER_PROPS, GcmKeys, encoder_for
-from servicemaker.eff.limits import shown
+from servicemaker.errors import shown
 from servicemaker.eff.manifest import MANIFEST_NAME, REGISTRY, Manifest, check_artifact_name
 from servicemaker.errors import ArchiveError, OutputExistsError, UsageError
 from servicemaker.keys import Secret
