@@ -278,12 +278,15 @@ def yaml_edits(draw, text: bytes, seed: Seed | None, heavy: bool, doc: Any = Non
     if n_tree:
         try:
             doc = copy.deepcopy(doc) if doc is not None else yaml.safe_load(text)
-        except yaml.YAMLError:  # an earlier edit broke the text: no structure to edit
+        except (yaml.YAMLError, RecursionError):  # an earlier edit broke the text or nested it past PyYAML's reach
             reject()
         for _ in range(n_tree):
             doc, desc = draw(_edit_tree(doc, seed))
             ops.append(desc)
-        text = dump_yaml(doc, draw(st.booleans())).encode("utf-8")
+        try:
+            text = dump_yaml(doc, draw(st.booleans())).encode("utf-8")
+        except RecursionError:  # too deep for the generator's own YAML writer: not an input we can make
+            reject()
     for _ in range(n_text):
         text, desc = draw(_edit_text(text, heavy))
         ops.append(desc)

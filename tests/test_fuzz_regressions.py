@@ -132,14 +132,14 @@ def test_markup_in_an_error_message_is_printed_as_is(tmp_path, value):
     assert_refused(inspect(path), 3, f"uses unknown encryption '{value}'")
 
 
-def test_manifest_of_a_million_keys_is_refused_within_2_s(tmp_path):
+def test_manifest_of_a_million_keys_is_refused_at_once(tmp_path):
     big = b"x: {" + b",".join(b"k%d: 0" % i for i in range(1_000_010)) + b"}\n"
     path = with_manifest(tmp_path, lambda t: t + big)
     started = time.process_time()  # CPU time of this process: the refusal's cost, not the machine's load
     result = inspect(path)
     seconds = time.process_time() - started
     assert_refused(result, 3, "manifest.yaml")
-    assert seconds < 2.0, f"took {seconds:.1f} s"
+    assert seconds < 0.5, f"took {seconds:.2f} s"  # the node budget of a small archive is 20,000 + 40 per member
 
 
 def test_encryption_props_stripped_from_one_artifact_of_an_encrypted_rmir_style_archive(tmp_path):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from servicemaker import yamlio
-from servicemaker.errors import first_line, shown
-from servicemaker.errors import ArchiveError
+from servicemaker.errors import ArchiveError, first_line, shown
 
 MANIFEST_NAME = "manifest.yaml"
 REGISTRY = "artifacts"
+#: YAML nodes a manifest may hold: a base for the metadata (an RMIR's pipeline spec is a few thousand) plus a few
+#: dozen per member (an encrypted artifact's props are 28 nodes, its pipeline-spec reference about 10)
+MANIFEST_BASE_NODES = 20_000
+MANIFEST_NODES_PER_MEMBER = 40
 #: An artifact name is one path component: printable, no separators, not '.'/'..'.
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
 
@@ -28,9 +32,15 @@ class Manifest:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: bytes, where: str) -> Manifest:
+    def parse(cls, text: bytes, where: str, members: int | None = None) -> Manifest:
+        """``members``: how many members the archive holds; the manifest's node budget grows with it (a few dozen
+        nodes per artifact), so a hostile manifest in a small archive is refused after a fraction of a second."""
+        limits = yamlio.DEFAULT_LIMITS
+        if members is not None:
+            budget = MANIFEST_BASE_NODES + MANIFEST_NODES_PER_MEMBER * members
+            limits = dataclasses.replace(limits, max_nodes=min(limits.max_nodes, budget))
         try:
-            data = yamlio.load(text)
+            data = yamlio.load(text, limits)
         except yamlio.YamlError as err:
             raise ArchiveError(f"{where}: manifest.yaml is not valid YAML: {first_line(str(err), 200)}") from None
         if not isinstance(data, dict):

@@ -316,7 +316,7 @@ class EffReader:
         if minfo.size > self.limits.max_manifest_bytes:
             raise UnsafeArchiveError(f"{self.where}: manifest.yaml is {minfo.size} bytes, over the "
                                      f"{self.limits.max_manifest_bytes}-byte limit")
-        self.manifest = Manifest.parse(self._member_bytes(minfo), self.where)
+        self.manifest = Manifest.parse(self._member_bytes(minfo), self.where, members=len(files))
         self._members: dict[str, tarfile.TarInfo] = {}
         claimed: set[str] = set()
         derivations: set[tuple] = set()
