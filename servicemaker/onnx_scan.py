@@ -16,12 +16,13 @@ from the loaded model (``servicemaker.deploy.graph.signature``), and both check 
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Collection, Iterator, Mapping
 
-from servicemaker.errors import ValidationError
+from servicemaker.errors import ValidationError, shown
 
 #: ONNX element type → Triton data type
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64",
@@ -212,6 +213,7 @@ _SCHEMA: dict[str, dict[int, tuple[str, str, bool]]] = {
 }
 _WIRE_NAMES = {0: "a varint", 1: "a 64-bit value", 2: "length-delimited", 5: "a 32-bit value"}
 _EXTERNAL = 1   # TensorProto.DataLocation.EXTERNAL
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Frame:
@@ -458,6 +460,10 @@ class GraphScanner:
             problems.append("the graph has no outputs")
         for role, values in (("input", inputs), ("output", outputs)):
             problems += [f"graph {role} #{k} has no name" for k, v in enumerate(values, 1) if not v.name]
+            odd = [f"graph {role} #{k} has a name with control characters: {shown(v.name)}"
+                   for k, v in enumerate(values, 1) if _CONTROL.search(v.name)]
+            if odd:  # names go into messages and config.pbtxt: refuse before quoting them anywhere
+                self._fail("this is not an ONNX model an exporter wrote", odd)
         made = {name for _, outs in nodes for name in outs} | inits | {v.name for v in inputs}
         problems += [f"graph output {v.name} is not produced by any node" for v in outputs
                      if v.name and v.name not in made]

@@ -203,3 +203,22 @@ def test_helpers_build_what_they_say(tmp_path):
     result = inspect(path)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["verified"] is True
+
+
+def test_graph_output_name_with_control_characters(tmp_path):
+    """Finding: a byte changed inside a graph output's name put raw protobuf bytes (newlines) into svc-build's
+    message; such names are refused and quoted bounded."""
+    from onnx import TensorProto, helper
+
+    from servicemaker.errors import ValidationError
+    from servicemaker.onnx_scan import scan_stream
+    import io
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])
+    y = helper.make_tensor_value_info("y\n\x08z", TensorProto.FLOAT, ["b", 2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y\n\x08z"])], "g", [x], [y])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(ValidationError) as err:
+        scan_stream(io.BytesIO(data), "in.riva: g.onnx", len(data))
+    text = str(err.value)
+    assert "control characters" in text and "'y\\n\\x08z'" in text and "\n\x08" not in text
