@@ -67,6 +67,20 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+def gate_refuses_then_allows(args: list[str], folder: Path, message: str, timeout: int) -> None:
+    """A deploy command whose network fails the accuracy gate: exit 5 naming ``message`` and the override, nothing
+    left in ``folder``; the same command with --allow-accuracy-drop succeeds."""
+    import subprocess
+
+    failed = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert failed.returncode == 5 and "Traceback" not in failed.stderr
+    assert message in failed.stderr
+    assert "--allow-accuracy-drop" in failed.stderr
+    assert listing(folder) == []
+    ok = subprocess.run(args + ["--allow-accuracy-drop"], capture_output=True, text=True, timeout=timeout)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
 def rewrite_tar(src: Path, dst: Path, change) -> Path:
     """Copy a tar.gz applying ``change(members)`` to its list of (TarInfo, bytes)."""
     with tarfile.open(src) as tf:

@@ -18,7 +18,7 @@ from servicemaker.deploy.optimize import AccuracyError, CompileOptions, compile_
 from servicemaker.errors import UsageError
 from servicemaker.keys import ArchiveArg
 
-from conftest import listing
+from conftest import gate_refuses_then_allows, listing
 from test_plugins import EXPORTS, export_bert, feeds
 
 
@@ -147,13 +147,7 @@ def test_deploy_sparsity_fails_the_gate_and_leaves_the_repo_alone(tiny_rmirs, tm
     repo = tmp_path / "repo"
     args = [str(exe), str(tiny_rmirs["token_classification"]), str(repo), "--target", "onnxruntime",
             "--nn.sparsity=2:4", "--nn.accuracy_tolerance=0"]
-    failed = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 5 and "Traceback" not in failed.stderr
-    assert "loses more accuracy than nn.accuracy_tolerance=0.0 allows" in failed.stderr
-    assert "--allow-accuracy-drop" in failed.stderr
-    assert listing(tmp_path) == []
-    ok = subprocess.run(args + ["--allow-accuracy-drop"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    gate_refuses_then_allows(args, tmp_path, "loses more accuracy than nn.accuracy_tolerance=0.0 allows", 300)
     status = json.loads((repo / "deploy_status.json").read_text())
     opt = next(v for k, v in status["models"].items() if "-nn-" in k)["optimization"]
     assert opt["accuracy"]["status"] == "failed" and opt["sparsity"]["pruned"] > 0

@@ -24,7 +24,7 @@ from servicemaker.keys import ArchiveArg
 from servicemaker.pipelines import get_family, get_pipeline
 from servicemaker.speech import audio
 
-from conftest import listing
+from conftest import gate_refuses_then_allows
 
 FEATURIZER = "featurizer/"
 LAYERS = ("Conv", "MatMul", "Gemm")
@@ -174,13 +174,8 @@ def test_a_failed_transcript_gate_exits_5_and_writes_nothing(asr_rmir, tmp_path)
               "main()\n")
     args = [sys.executable, "-c", script, str(asr_rmir), str(tmp_path / "repo"), "--target", "onnxruntime-python",
             "--nn.precision=int8", "--nn.accuracy_tolerance=0"]
-    failed = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert failed.returncode == 5 and "Traceback" not in failed.stderr
-    assert "loses more accuracy than nn.accuracy_tolerance=0.0 allows: cer_vs_fp32 " in failed.stderr
-    assert "--allow-accuracy-drop" in failed.stderr
-    assert listing(tmp_path) == []
-    ok = subprocess.run(args + ["--allow-accuracy-drop"], capture_output=True, text=True, timeout=600)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    gate_refuses_then_allows(args, tmp_path, "loses more accuracy than nn.accuracy_tolerance=0.0 allows: cer_vs_fp32 ",
+                             600)
     report, _ = _network(tmp_path / "repo")
     assert report["accuracy"]["status"] == "failed" and report["accuracy"]["cer_vs_fp32"] > 0
     assert report["int8"]["kept_fp32"] == []

@@ -192,10 +192,9 @@ class Tokenize(_Windowed):
     INPUTS = (("TEXT", "TYPE_STRING", (1,)),)
     OUTPUTS = ENCODED + WORDS + ROWS
     #: whether texts longer than one window are split into windows (else cut after the first one)
-    WINDOWS = True
-
     def windowed(self) -> bool:
-        return self.WINDOWS
+        """Whether texts longer than one window are split into windows (else cut after the first one)."""
+        return True
 
     def __call__(self, inputs: Arrays) -> Arrays:
         items = texts(inputs["TEXT"])
@@ -253,8 +252,8 @@ class TokenizeQA(_Windowed):
         c_encs = self.tok.encode_batch(contexts, add_special_tokens=False)
         queries = [q.ids[: self.max_query] for q in q_encs]
         context_ids = [c.ids for c in c_encs]  # an Encoding builds a new list on every access: read once
-        spans_of = [windows(len(ids), self.max_len - len(query) - 3, self.stride(self.max_len - len(query) - 3))
-                    for query, ids in zip(queries, context_ids)]
+        widths = [self.max_len - len(query) - 3 for query in queries]  # [CLS] question [SEP] ... [SEP]
+        spans_of = [windows(len(ids), width, self.stride(width)) for width, ids in zip(widths, context_ids)]
         self.check_rows(spans_of)
         rows: List[Row] = []
         meta: List[Tuple[np.ndarray, np.ndarray, int]] = []  # per row: the context's token offsets, owners, window
