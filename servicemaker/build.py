@@ -51,12 +51,16 @@ MAX_OPTION_FILE_BYTES = 8 * 1024 ** 3  # n-gram LMs are large; option files are 
 
 class Reporter(Protocol):
     def step(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def track(self, stream: Any, label: str, total: int) -> Any: ...
     def activity(self, label: str) -> ContextManager[None]: ...
 
 
 class SilentReporter:
     def step(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
         pass
 
     def track(self, stream: Any, label: str, total: int) -> Any:

@@ -56,10 +56,22 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Session- and module-scoped fixtures that deploy get a compile cache of the session's, never the developer's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SERVICEMAKER_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for var in ("SERVICEMAKER_KEY", "SERVICEMAKER_EFF_SALTS", "SERVICEMAKER_DEBUG"):
+def _clean_env(monkeypatch, tmp_path_factory):
+    for var in ("SERVICEMAKER_KEY", "SERVICEMAKER_EFF_SALTS", "SERVICEMAKER_DEBUG", "SERVICEMAKER_CACHE_URL",
+                "SERVICEMAKER_CACHE_SIZE"):
         monkeypatch.delenv(var, raising=False)
+    # every test gets its own, empty compile cache: never the developer's, and no test sees another's entries
+    monkeypatch.setenv("SERVICEMAKER_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 def listing(folder: Path) -> list[str]:

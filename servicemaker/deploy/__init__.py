@@ -16,18 +16,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import shutil
 import time
 from contextlib import ExitStack
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable
 
 from servicemaker.build import Reporter, SilentReporter, sha256_file
-from servicemaker.deploy import accuracy, optimize, tensorrt
-from servicemaker.deploy import graph as graphs
+from servicemaker import objstore
+from servicemaker.deploy import cache, tensorrt
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
+from servicemaker.deploy.networks import _family, _job, _nn_params, _safe_dest, check_graphs, prepare_networks
 from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, RmirPlan, StepResult, _Deploy
 from servicemaker.deploy.staging import Staging, sweep
 from servicemaker.deploy.status import STATUS_FILE, write_status
@@ -35,9 +34,8 @@ from servicemaker.eff import onnx_tar
 from servicemaker.eff.codecs import KeyRing, digest_of
 from servicemaker.eff.reader import EffReader
 from servicemaker.errors import NotFoundError, ServiceMakerError, UsageError, ValidationError
-from servicemaker.family import Family, NetworkJob
 from servicemaker.keys import fallback_key
-from servicemaker.pipeline import Component, check_overrides
+from servicemaker.pipeline import Component
 from servicemaker.pipelines import get_family, get_pipeline
 from servicemaker.runtime import common
 from servicemaker.spec import ComponentSpec, read_spec
@@ -54,7 +52,8 @@ SERVING_PARAMS = {"max_batch_size", "instance_group_count", "max_queue_delay_mic
 # --- the steps -------------------------------------------------------------------------------------------------------
 
 def choose_target(d: _Deploy) -> dict[str, Any]:
-    """Resolve ``auto``; for tensorrt make sure an engine can be built before anything is written."""
+    """Resolve ``auto``; for tensorrt make sure an engine can be built before anything is written; open the compile
+    cache (a bad ``--cache`` URL fails here, before any compile work)."""
     if d.target not in TARGETS:
         raise UsageError(f"--target={d.target}: expected one of {', '.join(TARGETS)}")
     reason = tensorrt.missing()
@@ -64,28 +63,40 @@ def choose_target(d: _Deploy) -> dict[str, Any]:
         tensorrt.require()
         d.instance_kind = "KIND_GPU"
         if tensorrt.use_rtx():
-            d.rep.step("warning: POLYGRAPHY_USE_TENSORRT_RTX is set: engines are built with TensorRT-RTX, which "
+            d.rep.warn("POLYGRAPHY_USE_TENSORRT_RTX is set: engines are built with TensorRT-RTX, which "
                        "Triton's tensorrt_plan backend cannot load; use this repository for checks only")
     elif d.target == "onnxruntime" and reason is None:
         d.instance_kind = "KIND_GPU"
     builder = ("tensorrt_rtx" if tensorrt.use_rtx() else "tensorrt") if d.target == "tensorrt" else None
+    if d.opts.use_cache:
+        d.cache = cache.CompileCache(d.opts.cache, d.rep.warn)
+    elif d.opts.cache:
+        raise UsageError(f"--cache {objstore.redact(d.opts.cache)} and --no-cache contradict each other",
+                         hint="give one of them")
     return {"target": d.target, "instance_kind": d.instance_kind, "tensorrt": reason or "available",
-            "engine_builder": builder}
+            "engine_builder": builder, "cache": d.cache.describe() if d.cache is not None else "off"}
 
 
 def read_rmirs(d: _Deploy) -> dict[str, Any]:
     """Open every RMIR (key checked here), read its pipeline spec, check every artifact it names is present."""
     seen: dict[str, str] = {}
-    for arg in d.opts.rmirs:
-        if not arg.path.is_file():
+    for index, arg in enumerate(d.opts.rmirs):
+        if arg.url is not None:
+            local = d.stage / "inputs" / f"rmir-{index}.rmir"
+            local.parent.mkdir(exist_ok=True)
+            d.rep.step(f"Downloading {arg.shown}")
+            digest, size = objstore.download(arg.url, local, d.opts.limits.max_total_bytes, "RMIR")
+        elif not arg.path.is_file():
             raise NotFoundError(f"RMIR {arg.shown} does not exist", hint="build one with svc-build")
-        digest, size = sha256_file(arg.path)
+        else:
+            local = arg.path
+            digest, size = sha256_file(arg.path)
         if digest in seen:
             raise UsageError(f"{arg.shown} and {seen[digest]} are the same RMIR")
         seen[digest] = arg.shown
         d.rep.step(f"Reading {arg.shown}")
-        reader = d.stack.enter_context(EffReader(arg.path, ring=KeyRing(key=arg.key or fallback_key(),
-                                                                        salts=d.opts.salts), limits=d.opts.limits))
+        reader = d.stack.enter_context(EffReader(local, ring=KeyRing(key=arg.key or fallback_key(),
+                                                                     salts=d.opts.salts), limits=d.opts.limits))
         spec = read_spec(reader.metadata, arg.shown)
         pipeline = get_pipeline(spec.pipeline)
         get_family(pipeline)  # refuses a pipeline whose family svc-deploy cannot deploy yet
@@ -147,13 +158,6 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
     return {"models": {m.name: m.action for m in d.models.values()}}
 
 
-def _safe_dest(source: str, role: str) -> str:
-    """A version-folder file name for an artifact: the role plus the source's extension."""
-    ext = Path(source).suffix
-    ext = ext if ext[1:].isalnum() and len(ext) <= 8 else ""
-    return f"{role}{ext}"
-
-
 def extract_artifacts(d: _Deploy) -> dict[str, Any]:
     """Decrypt and verify every artifact the written models need into the staging folder."""
     count = 0
@@ -189,10 +193,6 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
     return {"artifacts": count}
 
 
-def _family(rmir: RmirPlan) -> Family:
-    return get_family(rmir.pipeline)
-
-
 def _runtime(rmir: RmirPlan) -> Any:
     """The family's handler module (copied into its Python-backend models as ``svc_handlers.py``)."""
     return importlib.import_module(f"servicemaker.runtime.{_family(rmir).runtime}")
@@ -202,161 +202,6 @@ def _handler(rmir: RmirPlan, comp: str) -> type[common.Handler]:
     name = rmir.pipeline.component(comp).handler
     assert name is not None
     return _runtime(rmir).HANDLERS[name]
-
-
-def _job(d: _Deploy, rmir: RmirPlan) -> NetworkJob:
-    """The network as the family's hooks see it (made once per RMIR, after the artifacts are staged)."""
-    if rmir.job is None:
-        assert rmir.graph_path is not None
-        files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
-                        for role, ref in rmir.spec.components[comp].artifacts.items()
-                        if _safe_dest(ref.source, role) in plan.files}
-                 for comp, plan in rmir.models.items() if comp != "ensemble"}
-        rmir.job = NetworkJob(
-            where=f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}",
-            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=rmir.graph_path, target=d.target,
-            params=_nn_params(d, rmir), files=files, calibration_path=rmir.calibration_path,
-            model_names={comp: plan.name for comp, plan in rmir.models.items()})
-    return rmir.job
-
-
-def check_graphs(d: _Deploy) -> dict[str, Any]:
-    """Read each network's signature; its family checks it fits the pipeline."""
-    out: dict[str, Any] = {}
-    for rmir in d.rmirs:
-        job = _job(d, rmir)
-        model = graphs.load(job.graph_path)
-        sig = _family(rmir).check_graph(job, model)
-        rmir.signature = job.signature = sig
-        out[rmir.spec.name] = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
-        del model
-    return out
-
-
-#: ``nn`` parameters svc-deploy may override (``--nn.<param>=VALUE``): the optimizing compiler's options
-COMPILER_PARAMS = ("precision", "fuse", "fusion_ops", "sparsity", "calibration_method", "accuracy_tolerance",
-                   "max_workspace_size")
-
-
-def _nn_params(d: _Deploy, rmir: RmirPlan) -> dict[str, Any]:
-    """The nn component's parameters as recorded at svc-build, with svc-deploy's overrides applied."""
-    params = dict(rmir.spec.components["nn"].params)
-    if d.opts.overrides:
-        bad = [k for k in d.opts.overrides if not k.startswith("nn.") or k[3:] not in COMPILER_PARAMS]
-        if bad:
-            raise UsageError(f"svc-deploy cannot override {', '.join('--' + k for k in bad)}",
-                             hint="svc-deploy takes " + ", ".join(f"--nn.{p}" for p in COMPILER_PARAMS)
-                                  + "; other parameters are set at svc-build")
-        for (_, name), value in check_overrides(rmir.pipeline, d.opts.overrides).items():
-            params[name] = value
-    return params
-
-
-def prepare_networks(d: _Deploy) -> dict[str, Any]:
-    """Optimize each graph (fusion, sparsity, INT8, accuracy gate) and write it for the target: model.onnx, or a
-    TensorRT model.plan with its metadata beside it."""
-    out: dict[str, Any] = {}
-    for rmir in d.rmirs:
-        plan = rmir.models["nn"]
-        if plan.action == "keep":
-            continue
-        assert rmir.graph_path is not None and rmir.signature is not None
-        started = time.perf_counter()
-        job, family = _job(d, rmir), _family(rmir)
-        params = job.params
-        # Loaded again rather than kept from check_graphs: only one graph is in memory at a time.
-        with d.rep.activity(f"Folding constants of {plan.name}"):
-            folded = family.network_graph(job, graphs.fold_constants(graphs.load(rmir.graph_path)))
-        precision = str(params.get("precision", "fp16"))
-        opts = optimize.CompileOptions(
-            target=d.target, precision=precision if d.target == "tensorrt" or precision == "int8" else "fp32",
-            fuse=bool(params.get("fuse", True)), fusion_ops=str(params.get("fusion_ops", "auto")),
-            sparsity=str(params.get("sparsity", "none")),
-            calibration_method=str(params.get("calibration_method", "percentile")),
-            accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
-            allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
-        feeds = family.sample_feeds(job)
-        samples = feeds.gate
-
-        def family_gate(reference: Any, optimized: Any, given: Any) -> Any:
-            return family.gate(job, reference, optimized, given)
-
-        try:
-            compiled, report = optimize.compile_network(
-                folded, opts, feeds.calibration, samples, d.work(rmir) / "optimize", d.rep.activity, family_gate)
-        except optimize.AccuracyError as err:
-            raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
-        if precision == "int8":
-            report["int8"]["calibration_data"] = feeds.source
-        if precision == "fp16" and d.target != "tensorrt":
-            report["note"] = "fp16 applies to TensorRT engines; the ONNX Runtime targets run FP32 here"
-        plan.report = report
-        folder = d.staged(plan)
-        if d.target == "tensorrt":
-            onnx_path = d.work(rmir) / "model.onnx"
-            graphs.save(compiled, onnx_path)
-            settings = tensorrt.EngineSettings(
-                profile=family.engine_profile(job),
-                fp16=precision in ("fp16", "int8"), int8=precision == "int8",
-                sparse_weights=params.get("sparsity") == "2:4",
-                workspace_mib=int(params.get("max_workspace_size", 4096)),
-                timing_cache=_cache_dir() / "tensorrt-timing.cache")
-            with d.rep.activity(f"Building TensorRT engine for {plan.name}"):
-                engine = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
-            report["engine"] = engine
-            report["engine_accuracy"] = _engine_gate(d, plan, folded, folder / "model.plan", samples, opts,
-                                                     family_gate)
-            out[plan.name] = {"file": "model.plan", "bytes": engine["bytes"]}
-        else:
-            written = graphs.save(compiled, folder / "model.onnx")
-            out[plan.name] = {"file": "model.onnx", "bytes": sum(p.stat().st_size for p in written),
-                              "nodes": len(compiled.graph.node)}
-        out[plan.name].update(_summary(report))
-        out[plan.name]["seconds"] = round(time.perf_counter() - started, 3)
-    return out
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures of an optimization report, for the step's line in deploy_status.json."""
-    summary: dict[str, Any] = {"precision": report.get("precision")}
-    fusion = report.get("fusion", {}).get("plugins", {})
-    if fusion:
-        summary["fused"] = {k: v.get("fused", 0) for k, v in fusion.items()}
-    if "sparsity" in report:
-        summary["pruned_2_4"] = report["sparsity"]["pruned"]
-    if "int8" in report:
-        summary["int8_layers"] = report["int8"]["quantized"]
-        summary["kept_fp32"] = len(report["int8"]["kept_fp32"])
-    gate = report.get("accuracy", {})
-    if "cosine" in gate:
-        measure = gate.get("gated_by", "cosine")  # a family's own figure (e.g. cer_vs_fp32) or the cosine
-        summary["accuracy"] = {k: gate[k] for k in ("status", "gated_by", measure, "cosine", "top1_agreement",
-                                                    "max_abs_diff") if k in gate}
-    return summary
-
-
-def _engine_gate(d: _Deploy, plan: ModelPlan, original: Any, engine: Path, samples: list[dict[str, Any]],
-                 opts: optimize.CompileOptions, extra: accuracy.ExtraGate | None = None) -> dict[str, Any]:
-    """Run the built engine itself on the gate's samples against the FP32 graph in ONNX Runtime."""
-    if tensorrt.use_rtx():
-        return {"status": "not run", "reason": "TensorRT-RTX engines are only built here, not run"}
-    names = [o.name for o in original.graph.output]
-    with d.rep.activity(f"Checking {plan.name}'s engine against the FP32 graph"):
-        got = tensorrt.run_engine(engine, samples, names)
-        gate = accuracy.compare(optimize.run(original, samples), got, samples, names, extra)
-    result = gate.as_dict(opts.accuracy_tolerance)
-    if not gate.within(opts.accuracy_tolerance) and not opts.allow_accuracy_drop:
-        raise optimize.AccuracyError(
-            f"{plan.name}: the TensorRT engine loses more accuracy than nn.accuracy_tolerance="
-            f"{opts.accuracy_tolerance} allows: {gate.summary()}",
-            hint="choose --nn.precision=fp32 or raise --nn.accuracy_tolerance, or pass --allow-accuracy-drop")
-    return result
-
-
-def _cache_dir() -> Path:
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "servicemaker"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
@@ -535,7 +380,7 @@ def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResul
         return DeployResult(repo=opts.repo, target=d.target, written=committed.get("written", []),
                             replaced=committed.get("replaced", []),
                             kept=sorted(m.name for m in d.models.values() if m.action == "keep"),
-                            steps=d.results, seconds=seconds)
+                            steps=d.results, seconds=seconds, cache=dict(d.cache_status))
 
 
 __all__ = ["STATUS_FILE", "STEPS", "TARGETS", "DeployOptions", "DeployResult", "StepResult", "deploy"]

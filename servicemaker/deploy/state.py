@@ -35,6 +35,10 @@ class DeployOptions:
     #: ``nn.<param>`` → value: compiler options overriding those the RMIRs recorded at svc-build
     overrides: dict[str, str] = field(default_factory=dict)
     allow_accuracy_drop: bool = False
+    #: the compile cache's shared store (an fsspec URL: ``s3://bucket/prefix``, ``file://...``); None: local only
+    cache: str | None = None
+    #: False (``--no-cache``): neither read nor write any compile cache
+    use_cache: bool = True
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ModelPlan:
     config_text: str = ""
     parsed: Any = None
     report: dict[str, Any] = field(default_factory=dict)   # the network step's optimization report
+    cache: dict[str, Any] = field(default_factory=dict)    # where the network came from (compile cache record)
 
 
 @dataclass
@@ -85,6 +90,10 @@ class DeployResult:
     kept: list[str]
     steps: list[StepResult]
     seconds: float
+    #: network model name → where its compiled network came from: "hit" (a compile cache, local or shared),
+    #: "miss" (compiled, then stored), "rebuilt" (a corrupt entry was dropped; compiled, then stored again),
+    #: "off" (compiled, cache disabled)
+    cache: dict[str, str] = field(default_factory=dict)
 
 
 class _Deploy:
@@ -100,6 +109,10 @@ class _Deploy:
         self.models: dict[str, ModelPlan] = {}
         self.staging: Staging | None = None
         self.results: list[StepResult] = []
+        #: the compile cache (:class:`servicemaker.deploy.cache.CompileCache`), None with --no-cache
+        self.cache: Any = None
+        #: network model name → hit | miss | rebuilt | off
+        self.cache_status: dict[str, str] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     @property

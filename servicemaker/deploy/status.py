@@ -43,6 +43,8 @@ def write_status(d: _Deploy, seconds: float) -> None:
                              "rmir": plan.rmir.arg.path.name, "rmir_sha256": plan.rmir.sha256, "target": d.target}
         if plan.report:
             models[plan.name]["optimization"] = plan.report
+        if plan.cache:
+            models[plan.name]["cache"] = plan.cache
     status = {
         "format": STATUS_FORMAT,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

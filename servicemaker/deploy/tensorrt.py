@@ -97,6 +97,27 @@ def gpu_info() -> dict[str, str]:
     return dict(zip(("gpu", "compute_capability", "driver"), parts)) if len(parts) == 3 else {}
 
 
+_FINGERPRINTS: dict[str, dict[str, str]] = {}
+
+
+def fingerprint() -> dict[str, str]:
+    """What an engine depends on besides its graph and settings: the builder and its version, the GPU model and its
+    compute capability (engines are specific to all of them). Computed once per process and builder, on first use:
+    only a deploy to the tensorrt target asks for it."""
+    require()
+    module = "tensorrt_rtx" if use_rtx() else "tensorrt"
+    if module not in _FINGERPRINTS:
+        try:
+            version = str(importlib.import_module(module).__version__)
+        except ImportError:  # only where the seam is replaced (tests): building an engine imports it
+            version = "unavailable"
+        gpu = gpu_info()
+        _FINGERPRINTS[module] = {"builder": module, "tensorrt_version": version,
+                                 "gpu": gpu.get("gpu", "none"),
+                                 "compute_capability": gpu.get("compute_capability", "none")}
+    return dict(_FINGERPRINTS[module])
+
+
 def build_flags(settings: EngineSettings) -> dict[str, Any]:
     """polygraphy ``CreateConfig`` precision, sparsity and timing-cache arguments for ``settings``."""
     kwargs: dict[str, Any] = {}
