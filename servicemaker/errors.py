@@ -143,6 +143,12 @@ class NotFoundError(ServiceMakerError, FileNotFoundError):
     exit_code = 6
 
 
+class AccessError(ServiceMakerError, PermissionError):
+    """A file or folder this user may not read or write (ownership, mode, a container's user)."""
+
+    exit_code = 6
+
+
 class OutputExistsError(ServiceMakerError, FileExistsError):
     """The output exists and overwriting was not allowed."""
 

@@ -123,3 +123,44 @@ def test_console_scripts_installed(script):
     bindir = __import__("pathlib").Path(sys.executable).parent
     result = subprocess.run([str(bindir / script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_permission_denied_is_one_clear_error(capsys):
+    """An input this user may not read (a container's UID, a file mode) is named with the fix, exit 6: not a bug."""
+    import typer
+
+    from servicemaker.cli.common import reported_errors
+
+    with pytest.raises(typer.Exit) as exc:
+        with reported_errors(debug=False):
+            raise PermissionError(13, "Permission denied", "/in/model.riva")
+    assert exc.value.exit_code == 6
+    err = capsys.readouterr().err
+    assert "permission denied: /in/model.riva" in err and "chmod" in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("tool", ["svc-build", "svc-deploy", "svc-inspect", "svc-serve"])
+def test_every_tool_prints_its_version(tool):
+    from pathlib import Path
+
+    from servicemaker import __version__
+
+    exe = Path(sys.executable).parent / tool
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"{tool} (servicemaker) {__version__}"
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("svc-build", ["text_classification", "s3://bucket/out.rmir", "in.riva"]),
+    ("svc-build", ["text_classification", "out.rmir", "s3://bucket/in.riva:tlt_encode"]),
+    ("svc-inspect", ["file:///tmp/x.rmir"]),
+])
+def test_tools_of_local_files_refuse_urls(tool, args, tmp_path):
+    """Only svc-deploy reads RMIR URLs: svc-build must not quietly write ./out.rmir for an s3:// output."""
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / tool
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "works on local files" in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,44 @@ def test_ci_runs_the_readme_test_command():
     command = next(line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")
                    and not line.startswith(("set ", "cd ")))
     assert f"\n{command}\n" in readme
+
+
+def _source_copy(dest: Path) -> Path:
+    """The project's files as a fresh checkout has them (no build/ or egg-info left by an earlier build)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                            timeout=60) if (ROOT / ".git").exists() and shutil.which("git") else None
+    if listed is not None and listed.returncode == 0:
+        for name in listed.stdout.decode().split("\0"):
+            if name and (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
+    else:
+        shutil.copytree(ROOT, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "demo-out"))
+    return dest
+
+
+# setuptools tells every editable install of a package-dir layout how it was installed; that is all it may say
+EDITABLE_NOTICE = "Editable installation."
+
+
+@pytest.mark.parametrize("hook", ["build_wheel", "build_editable"])
+def test_builds_without_setuptools_warnings(tmp_path, hook):
+    """``pip install .`` and ``make`` (an editable install) print no packaging warnings of ours: setuptools'
+    build hooks run on a fresh copy, every warning made visible."""
+    src = _source_copy(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-W", "always", "-c",
+                           f"from setuptools import build_meta; print(build_meta.{hook}({str(out)!r}))"],
+                          cwd=src, capture_output=True, text=True, timeout=300,
+                          # a caller's "write no .pyc" makes distutils say it skips byte-compiling: not ours
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(out.glob("servicemaker-*.whl"))
+    text = done.stdout + done.stderr
+    warnings = [line for line in text.splitlines() if "Warning" in line or "warning:" in line.lower()
+                or "InformationOnly" in line]
+    if hook == "build_editable":
+        warnings = [w for w in warnings if not w.rstrip().endswith(f"InformationOnly: {EDITABLE_NOTICE}")]
+    assert warnings == [], "\n".join(warnings)

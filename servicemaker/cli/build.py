@@ -6,12 +6,13 @@ from typing import List, Optional
 
 import typer
 
-from servicemaker import __version__
 from servicemaker.build import BuildOptions, build
-from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, RichReporter, err_console, out_console, reported_errors
+from servicemaker.cli.common import (DEBUG_HELP, JSON_HELP, SALTS_HELP, RichReporter, err_console, out_console,
+                                     reported_errors, version_option)
+from servicemaker.cli.result import BUILD_FORMAT, fill_build, new_document, run_app
 from servicemaker.eff.codecs import SaltTable
 from servicemaker.errors import UsageError
-from servicemaker.keys import parse_archive_arg
+from servicemaker.keys import parse_local_archive_arg
 from servicemaker.pipeline import parse_overrides
 from servicemaker.pipelines import REGISTRY, get_pipeline, variant
 
@@ -51,15 +52,16 @@ def svc_build(
     list_params: Optional[str] = typer.Option(None, "--list-params", metavar="PIPELINE",
                                               help="list a pipeline's components and parameters, then exit"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print only errors and the result"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
-    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+    _version: bool = version_option("svc-build"),
 ) -> None:
     """Validate model exports and bundle them with a pipeline spec into an RMIR."""
-    with reported_errors(debug):
-        if version:
-            out_console.print(f"svc-build (servicemaker) {__version__}", markup=False)
-            return
+    doc = new_document(BUILD_FORMAT, "svc-build") if as_json else None
+    with reported_errors(debug, doc):
         if list_params:
+            if as_json:
+                raise UsageError("--list-params has no --json form", hint="drop --json")
             _list_params(list_params)
             return
         tokens = list(args or []) + list(ctx.args)
@@ -72,15 +74,19 @@ def svc_build(
         pipeline, output, *inputs = positional
         pipeline = variant(get_pipeline(pipeline), overrides).name
         result = build(BuildOptions(
-            pipeline=pipeline, output=parse_archive_arg(output), inputs=[parse_archive_arg(a) for a in inputs],
+            pipeline=pipeline, output=parse_local_archive_arg(output, "svc-build"),
+            inputs=[parse_local_archive_arg(a, "svc-build") for a in inputs],
             force=force, name=name, domain_name=domain_name, language_code=language_code,
             max_batch_size=max_batch_size, overrides=overrides, salts=SaltTable.from_option(eff_salts),
             compresslevel=compression_level,
-        ), RichReporter(quiet))
+        ), RichReporter(quiet or as_json))
+        if doc is not None:
+            fill_build(doc, result)
+            return
         size = result.path.stat().st_size
         err_console.print(f"Finished building {result.path} ({result.spec.pipeline} '{result.spec.name}', "
                           f"{size} bytes) in {result.seconds:.1f} s", markup=False)
 
 
 def main() -> None:
-    app(prog_name="svc-build")
+    run_app(app, "svc-build", BUILD_FORMAT)

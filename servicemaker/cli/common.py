@@ -14,21 +14,48 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from servicemaker.errors import ServiceMakerError
+from servicemaker.errors import AccessError, ServiceMakerError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
 
 DEBUG_HELP = "show a traceback on errors"
+JSON_HELP = "print one machine-readable result document on stdout (docs/cli.md); progress stays quiet"
+BUG_HINT = "this is a bug in servicemaker; run again with --debug and report the traceback"
 SALTS_HELP = "YAML file of legacy EFF cipher salts ('<id>: <64 hex>'); default: $SERVICEMAKER_EFF_SALTS"
 
 
 @contextmanager
-def reported_errors(debug: bool) -> Iterator[None]:
-    """Turn errors into one clear message and the documented exit code; tracebacks only with --debug."""
+def reported_errors(debug: bool, doc: dict[str, Any] | None = None) -> Iterator[None]:
+    """Turn errors into one clear message and the documented exit code; tracebacks only with --debug.
+
+    With ``doc`` (``--json``), the result document is printed on stdout when the block ends, with ``ok``,
+    ``seconds`` and, on failure, ``error`` filled in; the messages still go to stderr.
+    """
     debug = debug or os.environ.get("SERVICEMAKER_DEBUG") == "1"
+    started = time.perf_counter()
+
+    def finish(kind: str | None = None, message: str = "", hint: str | None = None, code: int = 0) -> None:
+        if doc is None:
+            return
+        from servicemaker.cli.result import emit, fail
+
+        doc["seconds"] = round(time.perf_counter() - started, 3)
+        if kind is None:
+            doc["ok"], doc["error"] = True, None
+        else:
+            fail(doc, kind, message, hint, code)
+        emit(doc)
+
     try:
-        yield
+        try:
+            yield
+        except PermissionError as err:
+            if isinstance(err, ServiceMakerError):
+                raise
+            raise AccessError(f"permission denied: {err.filename or err}",
+                              hint="make it readable (and its folder writable) for this user: chmod/chown, or run "
+                                   "the container with a user that owns the mounted folder") from err
     except ServiceMakerError as err:
         if debug:
             traceback.print_exc()
@@ -36,19 +63,24 @@ def reported_errors(debug: bool) -> Iterator[None]:
         err_console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, highlight=False)
         if err.hint:
             err_console.print(f"[bold]hint:[/] {escape(err.hint)}", markup=True, highlight=False)
+        finish(type(err).__name__, err.message, err.hint, err.exit_code)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
+        finish("KeyboardInterrupt", "interrupted", None, 130)
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - a bug: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
-        err_console.print(f"internal error: {type(err).__name__}: {err}", markup=False)
-        err_console.print("this is a bug in servicemaker; run again with --debug and report the traceback",
-                          markup=False)
+        message = f"internal error: {type(err).__name__}: {err}"
+        err_console.print(message, markup=False)
+        err_console.print(BUG_HINT, markup=False)
+        finish(type(err).__name__, message, BUG_HINT, 1)
         raise typer.Exit(1) from None
+    else:
+        finish()
 
 
 class RichReporter:
@@ -57,10 +89,19 @@ class RichReporter:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.interactive = err_console.is_terminal
+        #: every warning given, in order (``svc-deploy --json`` lists them)
+        self.warnings: list[str] = []
 
     def step(self, message: str) -> None:
         if not self.quiet:
             err_console.print(message, markup=False)
+
+    def warn(self, message: str) -> None:
+        """Something the user should know even with -q or --json (a corrupt cache entry dropped, say)."""
+        if message.lower().startswith("warning:"):
+            message = message[len("warning:"):].strip()
+        self.warnings.append(message)
+        err_console.print(f"warning: {message}", markup=False)
 
     @contextmanager
     def activity(self, label: str) -> Iterator[None]:
@@ -102,3 +143,15 @@ class _Tracked:
 
 def echo_json(text: str) -> None:
     sys.stdout.write(text + "\n")
+
+
+def version_option(tool: str) -> Any:
+    """``--version``: print ``TOOL (servicemaker) VERSION`` and exit, before any argument is checked."""
+    from servicemaker import __version__
+
+    def show(value: bool) -> None:
+        if value:
+            out_console.print(f"{tool} (servicemaker) {__version__}", markup=False)
+            raise typer.Exit()
+
+    return typer.Option(False, "--version", help="print the version and exit", is_eager=True, callback=show)

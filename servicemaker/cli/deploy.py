@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from servicemaker import __version__
-from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, RichReporter, err_console, out_console, reported_errors
+from servicemaker.cli.common import (DEBUG_HELP, JSON_HELP, SALTS_HELP, RichReporter, err_console, reported_errors,
+                                     version_option)
+from servicemaker.cli.result import DEPLOY_FORMAT, fill_deploy, new_document, run_app
 from servicemaker.deploy import TARGETS, DeployOptions, deploy
 from servicemaker.eff.codecs import SaltTable
 from servicemaker.errors import UsageError
@@ -20,7 +21,13 @@ EPILOG = ("Targets: auto (tensorrt where TensorRT and a GPU are present, else on
           "runs on any Triton with the Python backend). Compiler options recorded at svc-build can be overridden: "
           "--nn.precision, --nn.fuse, --nn.fusion_ops, --nn.sparsity, --nn.calibration_method, "
           "--nn.accuracy_tolerance, --nn.max_workspace_size. Keys: PATH:KEY, PATH:env:VAR, PATH:file:KEYFILE, or "
-          "$SERVICEMAKER_KEY.")
+          "$SERVICEMAKER_KEY. RMIRs may also be object-store URLs (s3://bucket/key.rmir, file:///path.rmir). "
+          "Compiled networks are cached in $SERVICEMAKER_CACHE (default ~/.cache/servicemaker; size cap "
+          "$SERVICEMAKER_CACHE_SIZE) and, with --cache URL, in a shared store.")
+
+CACHE_HELP = ("a shared compile cache: s3://bucket/prefix (endpoint and credentials from the AWS environment "
+              "variables, AWS_ENDPOINT_URL included) or file:///folder; default $SERVICEMAKER_CACHE_URL. The local "
+              "cache is $SERVICEMAKER_CACHE (default ~/.cache/servicemaker), capped at $SERVICEMAKER_CACHE_SIZE")
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
@@ -37,22 +44,37 @@ def svc_deploy(
         False, "--allow-accuracy-drop",
         help="deploy even when the optimized network fails the accuracy gate (nn.accuracy_tolerance)"),
     eff_salts: Optional[str] = typer.Option(None, "--eff-salts", help=SALTS_HELP),
+    cache: Optional[str] = typer.Option(None, "--cache", metavar="URL", envvar="SERVICEMAKER_CACHE_URL",
+                                        show_envvar=False, help=CACHE_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache",
+                                  help="compile every network: read and write no compile cache, local or shared"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print only errors and the result"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
-    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+    _version: bool = version_option("svc-deploy"),
 ) -> None:
     """Turn RMIRs into a Triton model repository."""
-    with reported_errors(debug):
-        if version:
-            out_console.print(f"svc-deploy (servicemaker) {__version__}", markup=False)
-            return
+    doc = new_document(DEPLOY_FORMAT, "svc-deploy") if as_json else None
+    reporter = RichReporter(quiet or as_json)
+    if doc is not None:
+        reporter.warnings = doc["warnings"]   # listed on failure too
+    with reported_errors(debug, doc):
+        cache = (cache or "").strip() or None
+        if no_cache and cache and _from_command_line(ctx, "cache"):
+            raise UsageError("give --cache URL or --no-cache, not both")
         overrides, items = parse_overrides(list(args or []) + list(ctx.args))
         if len(items) < 2:
             raise UsageError("missing arguments", hint="svc-deploy IN.rmir[:KEY]... REPOSITORY")
         *rmirs, repo = items
+        if doc is not None:
+            doc["repository"] = str(Path(repo).absolute())
         result = deploy(DeployOptions(rmirs=[parse_archive_arg(a) for a in rmirs], repo=Path(repo), force=force,
                                       target=target, salts=SaltTable.from_option(eff_salts), overrides=overrides,
-                                      allow_accuracy_drop=allow_accuracy_drop), RichReporter(quiet))
+                                      allow_accuracy_drop=allow_accuracy_drop,
+                                      cache=None if no_cache else cache, use_cache=not no_cache), reporter)
+        if doc is not None:
+            fill_deploy(doc, result)
+            return
         for label, names in (("wrote", result.written), ("replaced", result.replaced), ("kept", result.kept)):
             if names:
                 err_console.print(f"{label}: {', '.join(names)}", markup=False)
@@ -60,5 +82,10 @@ def svc_deploy(
                           f"in {result.seconds:.1f} s", markup=False)
 
 
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", "") == "COMMANDLINE"
+
+
 def main() -> None:
-    app(prog_name="svc-deploy")
+    run_app(app, "svc-deploy", DEPLOY_FORMAT)

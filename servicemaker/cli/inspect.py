@@ -7,10 +7,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from servicemaker.cli.common import DEBUG_HELP, SALTS_HELP, echo_json, out_console, reported_errors
+from servicemaker.cli.common import (DEBUG_HELP, SALTS_HELP, echo_json, out_console, reported_errors,
+                                     version_option)
 from servicemaker.eff.codecs import SaltTable, digest_of
 from servicemaker.inspect import inspect_archive, to_json
-from servicemaker.keys import parse_archive_arg
+from servicemaker.keys import parse_local_archive_arg
 from servicemaker import yamlio
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -23,10 +24,12 @@ def svc_inspect(
     verify: bool = typer.Option(False, "--verify", help="decrypt every artifact and check its sha256 (needs the key)"),
     eff_salts: Optional[str] = typer.Option(None, "--eff-salts", help=SALTS_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    _version: bool = version_option("svc-inspect"),
 ) -> None:
     """Show an archive's metadata, artifacts and (for an RMIR) pipeline spec; a key given is checked."""
     with reported_errors(debug):
-        doc = inspect_archive(parse_archive_arg(archive), SaltTable.from_option(eff_salts), verify=verify)
+        doc = inspect_archive(parse_local_archive_arg(archive, "svc-inspect"), SaltTable.from_option(eff_salts),
+                              verify=verify)
         if as_json:
             echo_json(to_json(doc))
             return

@@ -12,7 +12,7 @@ import typer
 from tritonclient.utils import InferenceServerException
 
 from servicemaker import __version__
-from servicemaker.cli.common import DEBUG_HELP, err_console, reported_errors
+from servicemaker.cli.common import DEBUG_HELP, err_console, reported_errors, version_option
 from servicemaker.client import (connect, ensemble_signatures, ensembles, infer, read_wav, readable, transcribe,
                                  transcribe_stream)
 from servicemaker.errors import ServiceMakerError, UsageError
@@ -110,6 +110,7 @@ def svc_serve(
     timeout: float = typer.Option(180.0, "--timeout", help="seconds to wait for the server to load the models"),
     verbose: int = typer.Option(0, "--log-verbose", help="Triton's --log-verbose level"),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    _version: bool = version_option("svc-serve"),
 ) -> None:
     """Serve a model repository with Triton on 127.0.0.1 until Ctrl-C (or, with --query, for one query)."""
     with reported_errors(debug):
@@ -122,10 +123,12 @@ def svc_serve(
         speech = _speech_plan(repo, model, audio, streaming) if audio is not None else None
         server = TritonServer(repo, http_port=http_port or None, grpc_port=grpc_port or None,
                               metrics_port=metrics_port or None, binary=tritonserver, verbose=verbose)
-        err_console.print(f"svc-serve (servicemaker) {__version__}: starting Triton for {repo}", markup=False)
-        started = time.perf_counter()
-        server.start()
         try:
+            # every check that needs no server (its backends against the models' targets, requirements) first
+            server.prepare()
+            err_console.print(f"svc-serve (servicemaker) {__version__}: starting Triton for {repo}", markup=False)
+            started = time.perf_counter()
+            server.start()
             server.wait_ready(timeout)
             err_console.print(f"Triton ({server.origin}) ready in {time.perf_counter() - started:.1f} s: "
                               f"HTTP {server.http_url}, gRPC {server.grpc_url}, "
@@ -146,8 +149,10 @@ def svc_serve(
                 time.sleep(0.5)
             raise UsageError(f"tritonserver stopped by itself (exit code {server.process.returncode})")
         finally:
+            ran = server.process is not None
             server.stop()
-            err_console.print("Triton stopped.", markup=False)
+            if ran:
+                err_console.print("Triton stopped.", markup=False)
 
 
 def main() -> None:
