@@ -1,12 +1,18 @@
 # Two entry points, both doing all set-up themselves on a fresh machine (a venv in .venv):
 #   make demo   — sample exports (MiniLM text classification; a small speech model trained here) → svc-build →
 #                 svc-deploy → a real Triton server answers a sentence and transcribes a spoken one
-#   make test   — the test suite (CPU only)
+#   make test   — the test suite (CPU only); as root with apt-get it first installs what the image and pod tests
+#                 need (podman buildah runc debootstrap) if missing, else says those tests will be skipped
+#   make image  — the ServiceMaker image localhost/servicemaker:<version> and :latest (podman; docker/build-image.sh
+#                 makes its local debootstrap base when no BASE is given; see docs/image.md)
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo-out
 
-.PHONY: demo test clean
+# Debian packages the image and pod tests use (podman builds and runs the image; debootstrap makes its base).
+SYSTEM_PACKAGES := podman buildah runc debootstrap
+
+.PHONY: demo test clean image system-packages
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,8 +35,23 @@ demo: $(BIN)/.installed
 	$(BIN)/svc-serve $(DEMO)/model_repository --http-port 0 --grpc-port 0 --metrics-port 0 \
 		--audio $(DEMO)/speech_recognition.wav
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed system-packages
 	$(BIN)/python -m pytest -q
+
+image:
+	./docker/build-image.sh
+
+# Quiet and idempotent: nothing to do once the tools are on PATH.
+system-packages:
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing with apt-get (the image and pod tests need them)"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; } \
+		|| echo "could not install$$missing: the image and pod tests will be skipped"; \
+	else echo "missing$$missing (needs root and apt-get to install): the image and pod tests will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
