@@ -154,6 +154,33 @@ class AsrFamily(Family):
 
         _refuse(graph.where, pipeline.name, list(acoustic.acoustic_interface(graph.as_model()).problems))
 
+    def saved_state(self, job: NetworkJob) -> dict[str, Any]:
+        """The preprocessor settings, the acoustic model's time stride and the frame spacing check_graph found."""
+        import dataclasses
+
+        return {"featurizer": dataclasses.asdict(job.state["featurizer"]), "stride": job.state["stride"],
+                "ms_per_timestep": job.state["ms_per_timestep"]}
+
+    def restore_state(self, job: NetworkJob, saved: Any) -> dict[str, Any]:
+        import dataclasses
+
+        from servicemaker.speech.featurizer import FeaturizerConfig
+
+        if not isinstance(saved, dict) or set(saved) != {"featurizer", "stride", "ms_per_timestep"}:
+            raise ValueError("the ASR network state is not featurizer, stride, ms_per_timestep")
+        cfg, stride, ms = saved["featurizer"], saved["stride"], saved["ms_per_timestep"]
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ValueError(f"bad time stride {stride!r}")
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not 0 < ms < 1e6:
+            raise ValueError(f"bad ms_per_timestep {ms!r}")
+        if not isinstance(cfg, dict) or set(cfg) != {f.name for f in dataclasses.fields(FeaturizerConfig)}:
+            raise ValueError("the featurizer settings are not FeaturizerConfig's fields")
+        try:
+            featurizer = FeaturizerConfig(**cfg)
+        except (TypeError, ValueError, ValidationError) as err:
+            raise ValueError(f"bad featurizer settings ({type(err).__name__})") from None
+        return {"featurizer": featurizer, "stride": stride, "ms_per_timestep": float(ms)}
+
     def network_graph(self, job: NetworkJob, folded: Any) -> Any:
         from servicemaker.speech import acoustic, featurizer as feat
 

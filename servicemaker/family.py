@@ -7,6 +7,9 @@ deploy steps call these hooks with a :class:`NetworkJob` and never look at token
 - ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
 - ``check_scanned_graph``: svc-build's early form of ``check_graph``: the same rules, applied to what a scan of
   the graph reads without loading its weights (:mod:`servicemaker.onnx_scan`: inputs, outputs, ...);
+- ``saved_state`` / ``restore_state``: what ``check_graph`` left in ``job.state`` that later steps read, as JSON
+  kept in the compile cache's entry, and back: a deploy that finds its network compiled neither extracts nor loads
+  the graph (``check_graph`` ran when the entry was made, on the same artifacts);
 - ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front);
 - ``sample_feeds``: calibration and accuracy-gate inputs for the optimizing compiler;
 - ``int8_exclude``: node-name prefixes INT8 leaves in FP32 (e.g. ASR's fused featurizer);
@@ -38,7 +41,7 @@ class NetworkJob:
     where: str                          # "<rmir>: graph <source>", for messages
     spec: PipelineSpec
     pipeline: Pipeline
-    graph_path: Path
+    graph_path: Path | None             # None on a compile cache hit: the graph is not extracted
     target: str
     params: dict[str, Any]              # the nn component's parameters, svc-deploy's overrides applied
     files: dict[str, dict[str, Path]]   # python component → {artifact role: staged file}
@@ -77,6 +80,18 @@ class Family:
         """At svc-build: raise a ValidationError naming every way the network's graph, scanned without loading it,
         does not fit ``pipeline`` — the rules of :meth:`check_graph` that need only the graph's interface (the
         rest, which need the weights or the staged files, wait for svc-deploy). Default: nothing to check."""
+
+    def saved_state(self, job: NetworkJob) -> dict[str, Any]:
+        """After :meth:`check_graph`: the parts of ``job.state`` the steps after it read (``model_params``,
+        ``network_handler``, ...), as a JSON-able dict stored with the compiled network. Default: none."""
+        return {}
+
+    def restore_state(self, job: NetworkJob, saved: Any) -> dict[str, Any]:
+        """The ``job.state`` entries :meth:`saved_state` gave (``saved``: its JSON, read back from a cache entry);
+        ValueError naming the problem when ``saved`` is not such a document (the entry is then compiled again)."""
+        if saved != {}:
+            raise ValueError(f"unexpected network state {str(saved)[:80]!r}")
+        return {}
 
     def network_graph(self, job: NetworkJob, folded: Any) -> Any:
         return folded

@@ -29,6 +29,9 @@ class Recorder:
     def step(self, message: str) -> None:
         self.lines.append(message)
 
+    def warn(self, message: str) -> None:
+        self.lines.append(message)
+
     def track(self, stream, label, total):
         return stream
 
@@ -412,3 +415,132 @@ def test_protected_entries_hold_no_plaintext_and_need_the_key(tiny, tmp_path, lo
     assert cache.unpack(entry, manifest, dest, None) is None
     assert list(dest.iterdir()) == []
     assert cache.unpack(entry, manifest, dest, cache.Protection(Secret("key-one")))["detail"]["file"] == "model.onnx"
+
+
+# --- a hit neither extracts nor loads the graph ---------------------------------------------------------------------
+
+def _capture_network_state(monkeypatch) -> list:
+    """Record, as render_configs starts, each RMIR's signature and its family's state."""
+    import servicemaker.deploy as deploy_mod
+
+    seen: list = []
+
+    def render(d, real=deploy_mod.render_configs):
+        seen.append([(r.signature, dict(r.job.state), r.job.graph_path) for r in d.rmirs])
+        return real(d)
+
+    monkeypatch.setattr(deploy_mod, "STEPS", [(n, render if n == "render_configs" else f)
+                                              for n, f in deploy_mod.STEPS])
+    return seen
+
+
+def _repository(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
+            if p.is_file() and p.name != "deploy_status.json"}
+
+
+def test_hit_neither_extracts_nor_loads_the_graph_and_writes_the_same_repository(tc, tmp_path, local, monkeypatch):
+    from servicemaker.eff.reader import EffReader
+
+    seen = _capture_network_state(monkeypatch)
+    cold = run(tc, tmp_path / "cold")
+    assert cold.cache == {NN: "miss"}
+    extracted = []
+    real_extract = EffReader.extract
+    monkeypatch.setattr(EffReader, "extract", lambda self, name, *a, **kw: (extracted.append(name),
+                                                                           real_extract(self, name, *a, **kw))[1])
+
+    def no_load(path):
+        raise AssertionError(f"the graph {path} was loaded on a hit")
+
+    monkeypatch.setattr(networks.graphs, "load", no_load)
+    warm = run(tc, tmp_path / "warm")
+    assert warm.cache == {NN: "hit"}
+    assert extracted and not any(n.endswith(".onnx") for n in extracted), extracted   # the vocabulary, not the graph
+    assert _repository(tmp_path / "warm") == _repository(tmp_path / "cold")
+    steps = {s["name"]: s for s in status(tmp_path / "warm")["steps"]}
+    assert steps["lookup_cache"][NN]["status"] == "hit"
+    assert next(v for k, v in steps["check_graphs"].items() if isinstance(v, dict))["from"] == "compile cache"
+    (sig_cold, state_cold, graph_cold), = seen[0]
+    (sig_warm, state_warm, graph_warm), = seen[1]
+    assert sig_warm == sig_cold and state_warm == state_cold == {} and graph_cold and graph_warm is None
+
+
+def test_asr_state_restored_from_the_cache_equals_the_computed_one(tiny, tmp_path, local, monkeypatch):
+    from pipelines._asr import FAMILY
+
+    rmir = tmp_path / "asr.rmir"
+    build(BuildOptions(pipeline="speech_recognition", output=ArchiveArg(rmir, None),
+                       inputs=[ArchiveArg(tiny / "speech_recognition.riva", None)]))
+    seen = _capture_network_state(monkeypatch)
+    assert set(run(rmir, tmp_path / "cold", target="onnxruntime-python").cache.values()) == {"miss"}
+    assert set(run(rmir, tmp_path / "warm", target="onnxruntime-python").cache.values()) == {"hit"}
+    (sig_cold, state_cold, _), = seen[0]
+    (sig_warm, state_warm, graph_warm), = seen[1]
+    assert graph_warm is None and sig_warm == sig_cold
+    assert set(state_warm) == {"featurizer", "stride", "ms_per_timestep"}
+    assert state_warm == {k: state_cold[k] for k in state_warm}
+    assert _repository(tmp_path / "warm") == _repository(tmp_path / "cold")
+    saved = json.loads(json.dumps({"featurizer": __import__("dataclasses").asdict(state_cold["featurizer"]),
+                                   "stride": state_cold["stride"], "ms_per_timestep": state_cold["ms_per_timestep"]}))
+    assert FAMILY.restore_state(None, saved) == {k: state_cold[k] for k in state_warm}
+    for bad in ({}, {**saved, "stride": 0}, {**saved, "ms_per_timestep": "x"}, {**saved, "extra": 1},
+                {**saved, "featurizer": {**saved["featurizer"], "window": "kaiser"}},
+                {**saved, "featurizer": {"sample_rate": 16000}}, None):
+        with pytest.raises(ValueError):
+            FAMILY.restore_state(None, bad)
+
+
+def _rewrite_meta(entry: Path, change) -> None:
+    """Replace an (unprotected) entry's meta.json with change(meta), its entry.json record kept consistent, as an
+    entry written by another servicemaker would be."""
+    import hashlib
+
+    meta = json.loads((entry / cache.META).read_text())
+    change(meta)
+    data = json.dumps(meta).encode()
+    (entry / cache.META).write_bytes(data)
+    manifest = json.loads((entry / cache.MANIFEST).read_text())
+    manifest["files"][cache.META] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (entry / cache.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.pop("network"),                                               # written before the state was kept
+    lambda m: m["network"].pop("signature"),
+    lambda m: m["network"]["signature"]["inputs"][0].__setitem__(1, "TYPE_NOT_A_TYPE"),
+    lambda m: m["network"]["signature"].__setitem__("outputs", []),
+    lambda m: m["network"].__setitem__("state", {"featurizer": None}),       # NLP keeps no state
+])
+def test_missing_or_malformed_stored_state_is_a_miss_and_rebuilt(tc, tmp_path, local, change):
+    run(tc, tmp_path / "cold")
+    [entry] = entries(local)
+    _rewrite_meta(entry, change)
+    rec = Recorder()
+    again = run(tc, tmp_path / "again", rep=rec)
+    assert again.cache == {NN: "rebuilt"}
+    assert any(line.startswith("warning: compile cache entry") and "meta.json" in line for line in rec.lines)
+    assert _repository(tmp_path / "again") == _repository(tmp_path / "cold")
+    assert run(tc, tmp_path / "third").cache == {NN: "hit"}    # republished, with its state
+
+
+def test_a_changed_compiler_changes_the_key(tmp_path):
+    """A development checkout keeps its version number while its code changes: the key covers the code's bytes."""
+    from servicemaker.deploy import networks
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.txt").write_text("calibration sentence\n")
+    (pkg / "notes.md").write_text("not code\n")
+    first = networks.code_digest((pkg,))
+    (pkg / "notes.md").write_text("still not code\n")
+    assert networks.code_digest((pkg,)) == first
+    (pkg / "sub" / "b.txt").write_text("another sentence\n")
+    second = networks.code_digest((pkg,))
+    assert second != first
+    (pkg / "a.py").write_text("x = 2\n")
+    assert networks.code_digest((pkg,)) not in (first, second)
+    (pkg / "a.py").rename(pkg / "c.py")
+    assert networks.code_digest((pkg,)) != second
+    assert networks._versions()["servicemaker_code"] == networks._own_code()

@@ -69,8 +69,8 @@ def test_repository_holds_no_absolute_paths(repo_all):
 def test_status_records_steps_versions_and_inputs(repo_all, tiny_rmirs):
     status = json.loads((repo_all / STATUS_FILE).read_text())
     assert status["format"] == "servicemaker.deploy_status/1" and status["target"] == "onnxruntime-python"
-    assert [s["name"] for s in status["steps"]] == ["choose_target", "read_rmirs", "plan_models", "extract_artifacts",
-                                                    "check_graphs", "prepare_networks", "render_configs",
+    assert [s["name"] for s in status["steps"]] == ["choose_target", "read_rmirs", "plan_models", "lookup_cache",
+                                                    "extract_artifacts", "check_graphs", "prepare_networks", "render_configs",
                                                     "write_models", "commit"]
     assert all(s["status"] == "OK" and s["seconds"] >= 0 for s in status["steps"])
     assert {"servicemaker", "onnx", "onnxruntime", "python"} <= set(status["versions"])

@@ -18,6 +18,7 @@ import importlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from importlib import resources
 from typing import Any, Callable
@@ -26,7 +27,8 @@ from servicemaker.build import Reporter, SilentReporter, sha256_file
 from servicemaker import objstore
 from servicemaker.deploy import cache, tensorrt
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
-from servicemaker.deploy.networks import _family, _job, _nn_params, _safe_dest, check_graphs, prepare_networks
+from servicemaker.deploy.networks import (_family, _job, _nn_params, _safe_dest, check_graphs, lookup_cache,
+                                         prepare_networks)
 from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, RmirPlan, StepResult, _Deploy
 from servicemaker.deploy.staging import Staging, sweep
 from servicemaker.deploy.status import STATUS_FILE, write_status
@@ -90,13 +92,17 @@ def read_rmirs(d: _Deploy) -> dict[str, Any]:
             raise NotFoundError(f"RMIR {arg.shown} does not exist", hint="build one with svc-build")
         else:
             local = arg.path
-            digest, size = sha256_file(arg.path)
+        d.rep.step(f"Reading {arg.shown}")
+        with ThreadPoolExecutor(1) as pool:
+            # the file's sha256 while the reader inflates and verifies it (both release the GIL)
+            hashed = pool.submit(sha256_file, local) if arg.url is None else None
+            reader = d.stack.enter_context(EffReader(local, ring=KeyRing(key=arg.key or fallback_key(),
+                                                                         salts=d.opts.salts), limits=d.opts.limits))
+            if hashed is not None:
+                digest, size = hashed.result()
         if digest in seen:
             raise UsageError(f"{arg.shown} and {seen[digest]} are the same RMIR")
         seen[digest] = arg.shown
-        d.rep.step(f"Reading {arg.shown}")
-        reader = d.stack.enter_context(EffReader(local, ring=KeyRing(key=arg.key or fallback_key(),
-                                                                     salts=d.opts.salts), limits=d.opts.limits))
         spec = read_spec(reader.metadata, arg.shown)
         pipeline = get_pipeline(spec.pipeline)
         get_family(pipeline)  # refuses a pipeline whose family svc-deploy cannot deploy yet
@@ -159,7 +165,8 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
 
 
 def extract_artifacts(d: _Deploy) -> dict[str, Any]:
-    """Decrypt and verify every artifact the written models need into the staging folder."""
+    """Decrypt and verify every artifact the written models need into the staging folder (not the graph nor the
+    calibration data of a network the compile cache had)."""
     count = 0
     for rmir in d.rmirs:
         work = d.work(rmir)
@@ -168,7 +175,7 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
             if plan.action == "keep" and cs.kind != "network":
                 continue
             for role, ref in cs.artifacts.items():
-                if cs.kind == "network" and role not in ("graph", "calibration_data"):
+                if cs.kind == "network" and (role not in ("graph", "calibration_data") or rmir.hit):
                     continue  # the model config and LM config were checked by svc-build; Triton needs the graph
                 d.rep.step(f"Extracting {ref.name}")
                 if ref.source.endswith(".onnx.tar"):
@@ -338,6 +345,7 @@ STEPS: list[tuple[str, Callable[[_Deploy], dict[str, Any]]]] = [
     ("choose_target", choose_target),
     ("read_rmirs", read_rmirs),
     ("plan_models", plan_models),
+    ("lookup_cache", lookup_cache),
     ("extract_artifacts", extract_artifacts),
     ("check_graphs", check_graphs),
     ("prepare_networks", prepare_networks),

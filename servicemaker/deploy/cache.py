@@ -240,10 +240,11 @@ def parse_manifest(text: bytes, key: str) -> dict[str, Any]:
     return manifest
 
 
-def unpack(folder: Path, manifest: dict[str, Any], dest: Path, protection: Protection | None
-           ) -> dict[str, Any] | None:
+def unpack(folder: Path, manifest: dict[str, Any], dest: Path, protection: Protection | None,
+           check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Verify and write an entry's files into ``dest``; its meta. None: the entry is protected under another key
-    (or not protected while this network must be). CorruptEntry: the files do not match entry.json.
+    (or not protected while this network must be). CorruptEntry: the files do not match entry.json, or ``check``
+    refused the meta (ValueError), before any file is written.
     FileNotFoundError: the entry went away while being read (evicted by another deploy). Nothing is written into
     ``folder``: other deploys may be reading it too."""
     record = manifest.get("protection")
@@ -261,6 +262,11 @@ def unpack(folder: Path, manifest: dict[str, Any], dest: Path, protection: Prote
         if not isinstance(meta, dict) or not isinstance(meta.get("report"), dict) or \
                 not isinstance(meta.get("detail"), dict):
             raise CorruptEntry("meta.json is not an entry's meta")
+        if check is not None:
+            try:
+                check(meta)
+            except ValueError as err:
+                raise CorruptEntry(f"meta.json: {err}") from None
         for name, want in manifest["files"].items():
             if name == META:
                 continue
@@ -483,16 +489,17 @@ class CompileCache:
     def describe(self) -> dict[str, Any]:
         return {"local": True, "size_cap": self.cap, "shared": self.shared.name if self.shared else None}
 
-    def lookup(self, key: str, dest: Path, protection: Protection | None
+    def lookup(self, key: str, dest: Path, protection: Protection | None,
+               check: Callable[[dict[str, Any]], None] | None = None
                ) -> tuple[dict[str, Any] | None, str | None, bool]:
         """Write the entry's files into ``dest``: ``(meta, store name, False)``; ``(None, None, corrupt)`` on a
-        miss, ``corrupt`` when a corrupt entry was dropped on the way."""
+        miss, ``corrupt`` when a corrupt entry (or one whose meta ``check`` refused) was dropped on the way."""
         corrupt = False
         try:
             manifest = self.local.load(key)
             if manifest is not None:
                 try:
-                    meta = unpack(self.local.entry(key), manifest, dest, protection)
+                    meta = unpack(self.local.entry(key), manifest, dest, protection, check)
                 except FileNotFoundError as err:
                     if not (self.local.entry(key) / MANIFEST).exists():
                         raise  # evicted by another deploy while being read: a miss
@@ -516,7 +523,7 @@ class CompileCache:
             if manifest is None:
                 return None, None, corrupt
             try:
-                meta = unpack(scratch, manifest, dest, protection)
+                meta = unpack(scratch, manifest, dest, protection, check)
             except CorruptEntry as err:
                 self.shared.drop(key, manifest, _bad_blobs(scratch, manifest))
                 raise CorruptEntry(str(err)) from None

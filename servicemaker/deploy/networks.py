@@ -1,13 +1,19 @@
 """The network steps of svc-deploy: check each graph (``check_graphs``) and compile it for the target
 (``prepare_networks``: fusion, sparsity, INT8, accuracy gate, optionally a TensorRT engine), reusing the compile
-cache (:mod:`servicemaker.deploy.cache`) when an earlier deploy compiled the same network the same way.
+cache (:mod:`servicemaker.deploy.cache`) when an earlier deploy compiled the same network the same way. The cache is
+asked first (``lookup_cache``, before any artifact is extracted): its key is computed from the pipeline spec's
+digests, the parameters, the target and the builder, and a hit brings back with the compiled files the graph's
+signature and the family's state (``Family.saved_state``), so the graph is neither extracted nor loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -57,38 +63,93 @@ def _nn_params(d: _Deploy, rmir: RmirPlan) -> dict[str, Any]:
 
 
 def _job(d: _Deploy, rmir: RmirPlan) -> NetworkJob:
-    """The network as the family's hooks see it (made once per RMIR, after the artifacts are staged)."""
+    """The network as the family's hooks see it (made once per RMIR; its staged files are those extracted so far:
+    none before ``extract_artifacts``, and no graph on a compile cache hit)."""
     if rmir.job is None:
-        assert rmir.graph_path is not None
-        files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
+        rmir.job = NetworkJob(
+            where=f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}",
+            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=None, target=d.target, params=_nn_params(d, rmir),
+            files={}, model_names={comp: plan.name for comp, plan in rmir.models.items()})
+    job = rmir.job
+    job.graph_path, job.calibration_path = rmir.graph_path, rmir.calibration_path
+    job.files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
                         for role, ref in rmir.spec.components[comp].artifacts.items()
                         if _safe_dest(ref.source, role) in plan.files}
                  for comp, plan in rmir.models.items() if comp != "ensemble"}
-        rmir.job = NetworkJob(
-            where=f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}",
-            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=rmir.graph_path, target=d.target,
-            params=_nn_params(d, rmir), files=files, calibration_path=rmir.calibration_path,
-            model_names={comp: plan.name for comp, plan in rmir.models.items()})
-    return rmir.job
+    return job
 
 
 def check_graphs(d: _Deploy) -> dict[str, Any]:
-    """Read each network's signature; its family checks it fits the pipeline."""
+    """Read each network's signature; its family checks it fits the pipeline. A network from the compile cache
+    was checked when it was compiled (the key covers every artifact and parameter): its signature came with it."""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
         job = _job(d, rmir)
-        model = graphs.load(job.graph_path)
-        sig = _family(rmir).check_graph(job, model)
-        rmir.signature = job.signature = sig
+        if not rmir.hit:
+            assert job.graph_path is not None
+            model = graphs.load(job.graph_path)
+            rmir.signature = job.signature = _family(rmir).check_graph(job, model)
+            del model
+        sig = rmir.signature
+        assert sig is not None
         out[rmir.spec.name] = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
-        del model
+        if rmir.hit:
+            out[rmir.spec.name]["from"] = "compile cache"
     return out
+
+
+def _signature_record(sig: graphs.Signature) -> dict[str, Any]:
+    return {side: [[t.name, t.data_type, list(t.shape)] for t in getattr(sig, side)] for side in ("inputs", "outputs")}
+
+
+def _signature_from(record: Any) -> graphs.Signature:
+    """A Signature back from :func:`_signature_record`'s JSON; ValueError when it is not a well-formed one."""
+    if not isinstance(record, dict) or set(record) != {"inputs", "outputs"}:
+        raise ValueError("no graph signature")
+    sides = []
+    for side in ("inputs", "outputs"):
+        tensors = record[side]
+        if not isinstance(tensors, list) or not tensors:
+            raise ValueError(f"the signature has no {side}")
+        for t in tensors:
+            if (not isinstance(t, list) or len(t) != 3 or not isinstance(t[0], str) or not t[0]
+                    or t[1] not in graphs.ONNX_TO_TRITON.values() or not isinstance(t[2], list)
+                    or not all((isinstance(x, int) and not isinstance(x, bool) and x > 0)
+                               or (isinstance(x, str) and x) for x in t[2])):
+                raise ValueError(f"a bad signature tensor {str(t)[:80]!r}")
+        sides.append(tuple(graphs.GraphTensor(t[0], t[1], tuple(t[2])) for t in tensors))
+    return graphs.Signature(*sides)
 
 
 # --- the compile cache's key -----------------------------------------------------------------------------------------
 
+#: servicemaker's packages whose code the compiled output depends on (the compiler, plugins, families, runtime)
+CODE_PACKAGES = ("servicemaker", "servicemaker.pipelines", "servicemaker.plugins")
+
+
+def code_digest(folders: tuple[Path, ...]) -> str:
+    """sha256 over every source and data file below ``folders`` (relative names and bytes): a development checkout
+    keeps its version number while its compiler changes, and must not reuse what an older compiler made."""
+    digest = hashlib.sha256()
+    for root in folders:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt", ".npz", ".j2",
+                                                                                   ".yaml"))
+        for path in files:
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _own_code() -> str:
+    folders: list[Path] = []
+    for name in CODE_PACKAGES:
+        folders.extend(Path(p) for p in importlib.import_module(name).__path__)
+    return code_digest(tuple(dict.fromkeys(folders)))
+
+
 def _versions() -> dict[str, str]:
-    out = {"servicemaker": __version__}
+    out = {"servicemaker": __version__, "servicemaker_code": _own_code()}
     for dist in COMPILER_DISTS:
         try:
             out[dist] = importlib_metadata.version(dist)
@@ -117,6 +178,9 @@ def key_inputs(d: _Deploy, rmir: RmirPlan, opts: optimize.CompileOptions,
     if settings is not None:
         engine = dataclasses.asdict(settings)
         engine.pop("timing_cache")  # speeds the build up; the engine does not depend on it
+        # the profile is the family's function of the graph's signature and the parameters, all in the key (it is
+        # not known before the graph is read, and the key is needed before that)
+        engine.pop("profile")
         inputs["engine"] = engine
         inputs["builder"] = tensorrt.fingerprint()
     return inputs
@@ -140,6 +204,9 @@ class Outcome:
     store: str | None = None        # the store a hit came from
     published: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)   # the network step's figures
+    protection: cache.Protection | None = None
+    seconds: float = 0.0                                    # spent in lookup_cache
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status}
@@ -154,14 +221,29 @@ class Outcome:
 
 # --- prepare_networks ------------------------------------------------------------------------------------------------
 
-def _settings(d: _Deploy, job: NetworkJob, family: Family, precision: str) -> tensorrt.EngineSettings | None:
+def _settings(d: _Deploy, job: NetworkJob, family: Family, precision: str,
+              profile: bool = True) -> tensorrt.EngineSettings | None:
+    """The engine settings (None off the tensorrt target); ``profile=False``: without the optimization profile,
+    which needs the graph's signature (the compile key leaves it out)."""
     if d.target != "tensorrt":
         return None
     params = job.params
     return tensorrt.EngineSettings(
-        profile=family.engine_profile(job), fp16=precision in ("fp16", "int8"), int8=precision == "int8",
-        sparse_weights=params.get("sparsity") == "2:4", workspace_mib=int(params.get("max_workspace_size", 4096)),
-        timing_cache=cache.root() / "tensorrt-timing.cache")
+        profile=family.engine_profile(job) if profile else {}, fp16=precision in ("fp16", "int8"),
+        int8=precision == "int8", sparse_weights=params.get("sparsity") == "2:4",
+        workspace_mib=int(params.get("max_workspace_size", 4096)), timing_cache=cache.root() / "tensorrt-timing.cache")
+
+
+def _compile_options(d: _Deploy, job: NetworkJob, family: Family) -> optimize.CompileOptions:
+    params = job.params
+    precision = str(params.get("precision", "fp16"))
+    return optimize.CompileOptions(
+        target=d.target, precision=precision if d.target == "tensorrt" or precision == "int8" else "fp32",
+        fuse=bool(params.get("fuse", True)), fusion_ops=str(params.get("fusion_ops", "auto")),
+        sparsity=str(params.get("sparsity", "none")),
+        calibration_method=str(params.get("calibration_method", "percentile")),
+        accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
+        allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
 
 
 def _compile(d: _Deploy, rmir: RmirPlan, plan: ModelPlan, opts: optimize.CompileOptions,
@@ -203,49 +285,74 @@ def _compile(d: _Deploy, rmir: RmirPlan, plan: ModelPlan, opts: optimize.Compile
     return report, detail
 
 
+def lookup_cache(d: _Deploy) -> dict[str, Any]:
+    """Ask the compile cache for each network to write, before any artifact is extracted. A hit writes the compiled
+    files into the model's version folder and restores the graph's signature and the family's state from the entry
+    (an entry whose stored signature or state is missing or malformed is dropped as corrupt, and compiled again)."""
+    out: dict[str, Any] = {}
+    for rmir in d.rmirs:
+        plan = rmir.models["nn"]
+        if plan.action == "keep" or d.cache is None:
+            continue
+        started = time.perf_counter()
+        job, family = _job(d, rmir), _family(rmir)
+        precision = str(job.params.get("precision", "fp16"))
+        protection = _protection(rmir)
+        key = cache.compile_key(key_inputs(d, rmir, _compile_options(d, job, family),
+                                           _settings(d, job, family, precision, profile=False)), protection)
+        restored: dict[str, Any] = {}
+
+        def check(meta: dict[str, Any], family: Family = family, job: NetworkJob = job) -> None:
+            network = meta.get("network")
+            if not isinstance(network, dict):
+                raise ValueError("no network signature and state")
+            restored.update(signature=_signature_from(network.get("signature")),
+                            state=family.restore_state(job, network.get("state")))
+
+        meta, source, corrupt = d.cache.lookup(key, d.staged(plan), protection, check)
+        if meta is None:
+            rmir.outcome = Outcome("rebuilt" if corrupt else "miss", key, protection=protection)
+        else:
+            d.rep.step(f"Reusing the compiled network of {plan.name} from the {source} compile cache")
+            rmir.outcome = Outcome("hit", key, store=source, detail=meta["detail"])
+            rmir.signature = job.signature = restored["signature"]
+            job.state.update(restored["state"])
+            plan.report = meta["report"]
+        rmir.outcome.seconds = time.perf_counter() - started
+        out[plan.name] = rmir.outcome.record()
+    return out
+
+
 def prepare_networks(d: _Deploy) -> dict[str, Any]:
     """Optimize each graph (fusion, sparsity, INT8, accuracy gate) and write it for the target: model.onnx, or a
-    TensorRT model.plan with its metadata beside it; or take both from the compile cache."""
+    TensorRT model.plan with its metadata beside it; and publish it to the compile cache. (A network the cache
+    had is in place already: ``lookup_cache``.)"""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
         plan = rmir.models["nn"]
         if plan.action == "keep":
             continue
-        assert rmir.graph_path is not None and rmir.signature is not None
         started = time.perf_counter()
-        job, family = _job(d, rmir), _family(rmir)
-        params = job.params
-        precision = str(params.get("precision", "fp16"))
-        opts = optimize.CompileOptions(
-            target=d.target, precision=precision if d.target == "tensorrt" or precision == "int8" else "fp32",
-            fuse=bool(params.get("fuse", True)), fusion_ops=str(params.get("fusion_ops", "auto")),
-            sparsity=str(params.get("sparsity", "none")),
-            calibration_method=str(params.get("calibration_method", "percentile")),
-            accuracy_tolerance=float(params.get("accuracy_tolerance", 0.01)),
-            allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
-        settings = _settings(d, job, family, precision)
-        folder = d.staged(plan)
-        store = d.cache
-        if store is None:
-            outcome = Outcome("off")
-            report, detail = _compile(d, rmir, plan, opts, settings, folder)
-        else:
-            protection = _protection(rmir)
-            key = cache.compile_key(key_inputs(d, rmir, opts, settings), protection)
-            meta, source, corrupt = store.lookup(key, folder, protection)
-            if meta is not None:
-                d.rep.step(f"Reusing the compiled network of {plan.name} from the {source} compile cache")
-                outcome = Outcome("hit", key, store=source)
-                report, detail = meta["report"], meta["detail"]
-            else:
-                report, detail = _compile(d, rmir, plan, opts, settings, folder)
+        outcome: Outcome = rmir.outcome or Outcome("off")
+        if outcome.status != "hit":
+            assert rmir.graph_path is not None and rmir.signature is not None
+            job, family = _job(d, rmir), _family(rmir)
+            precision = str(job.params.get("precision", "fp16"))
+            opts = _compile_options(d, job, family)
+            settings = _settings(d, job, family, precision)
+            folder = d.staged(plan)
+            plan.report, outcome.detail = _compile(d, rmir, plan, opts, settings, folder)
+            if d.cache is not None:
+                assert outcome.key is not None
                 files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
-                published = store.publish(key, files, {"report": report, "detail": detail}, protection)
-                outcome = Outcome("rebuilt" if corrupt else "miss", key, published=tuple(published))
-        plan.report = report
+                network = {"signature": _signature_record(rmir.signature), "state": family.saved_state(job)}
+                outcome.published = tuple(d.cache.publish(
+                    outcome.key, files, {"report": plan.report, "detail": outcome.detail, "network": network},
+                    outcome.protection))
         plan.cache = outcome.record()
         d.cache_status[plan.name] = outcome.status
-        out[plan.name] = {**detail, "cache": plan.cache, "seconds": round(time.perf_counter() - started, 3)}
+        seconds = outcome.seconds + time.perf_counter() - started
+        out[plan.name] = {**outcome.detail, "cache": plan.cache, "seconds": round(seconds, 3)}
     return out
 
 
@@ -286,4 +393,4 @@ def _engine_gate(d: _Deploy, plan: ModelPlan, original: Any, engine: Path, sampl
     return result
 
 
-__all__ = ["COMPILER_PARAMS", "check_graphs", "key_inputs", "prepare_networks"]
+__all__ = ["COMPILER_PARAMS", "check_graphs", "key_inputs", "lookup_cache", "prepare_networks"]

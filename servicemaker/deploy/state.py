@@ -79,6 +79,13 @@ class RmirPlan:
     graph_path: Path | None = None
     calibration_path: Path | None = None
     job: NetworkJob | None = None
+    #: the compile cache's answer for the network (``networks.Outcome``), once ``lookup_cache`` asked it
+    outcome: Any = None
+
+    @property
+    def hit(self) -> bool:
+        """The network comes from the compile cache: its graph is neither extracted nor loaded."""
+        return self.outcome is not None and self.outcome.status == "hit"
 
 
 @dataclass
