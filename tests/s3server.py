@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,18 +20,14 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
+from servicemaker.serve import free_port  # noqa: F401 - the tests import it from here too
+
 #: the AWS variables the block sets (and restores afterwards); others that could point elsewhere are removed
 AWS_SET = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 AWS_CLEARED = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SHARED_CREDENTIALS_FILE",
                "AWS_CONFIG_FILE", "AWS_REGION")
 READY_SECONDS = 60.0
 STOP_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, log_path: str) -> None:

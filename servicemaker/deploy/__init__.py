@@ -388,7 +388,8 @@ def deploy(opts: DeployOptions, reporter: Reporter | None = None) -> DeployResul
         return DeployResult(repo=opts.repo, target=d.target, written=committed.get("written", []),
                             replaced=committed.get("replaced", []),
                             kept=sorted(m.name for m in d.models.values() if m.action == "keep"),
-                            steps=d.results, seconds=seconds, cache=dict(d.cache_status))
+                            steps=d.results, seconds=seconds,
+                            cache={m.name: m.cache["status"] for m in d.live() if m.cache})
 
 
 __all__ = ["STATUS_FILE", "STEPS", "TARGETS", "DeployOptions", "DeployResult", "StepResult", "deploy"]

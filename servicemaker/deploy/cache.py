@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from servicemaker import objstore
+from servicemaker.build import sha256_file
 from servicemaker.eff.codecs import GcmKeys, scrypt_budget_problem
 from servicemaker.errors import ServiceMakerError, UsageError
 from servicemaker.keys import Secret
@@ -118,8 +119,7 @@ class Protection:
     def new(self) -> tuple[GcmKeys, dict[str, Any]]:
         """Fresh keys for writing an entry, and the entry.json record of their derivation."""
         keys = GcmKeys.new(self._secret)
-        return keys, {"cipher": "aes-256-gcm", "kdf": "scrypt", "kdf_n": keys.n, "kdf_r": keys.r, "kdf_p": keys.p,
-                      "salt": keys.salt.hex(), "key_check": keys.key_check}
+        return keys, {"cipher": "aes-256-gcm", **keys.derivation()}
 
     def open(self, record: Any) -> GcmKeys | None:
         """The keys of an entry written under ``record``; None when this key is not the entry's (or ``record`` is
@@ -459,15 +459,11 @@ def _bad_blobs(folder: Path, manifest: dict[str, Any]) -> list[str]:
     """The recorded sha256 of every downloaded file whose bytes do not match it."""
     bad = []
     for name, rec in manifest["files"].items():
-        digest = hashlib.sha256()
         try:
-            with open(folder / name, "rb") as f:
-                while block := f.read(CHUNK):
-                    digest.update(block)
+            if sha256_file(folder / name)[0] != rec["sha256"]:
+                bad.append(rec["sha256"])
         except OSError:
             continue
-        if digest.hexdigest() != rec["sha256"]:
-            bad.append(rec["sha256"])
     return bad
 
 

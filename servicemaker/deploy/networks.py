@@ -221,13 +221,13 @@ class Outcome:
 
 # --- prepare_networks ------------------------------------------------------------------------------------------------
 
-def _settings(d: _Deploy, job: NetworkJob, family: Family, precision: str,
-              profile: bool = True) -> tensorrt.EngineSettings | None:
+def _settings(d: _Deploy, job: NetworkJob, family: Family, profile: bool = True) -> tensorrt.EngineSettings | None:
     """The engine settings (None off the tensorrt target); ``profile=False``: without the optimization profile,
     which needs the graph's signature (the compile key leaves it out)."""
     if d.target != "tensorrt":
         return None
     params = job.params
+    precision = str(params.get("precision", "fp16"))
     return tensorrt.EngineSettings(
         profile=family.engine_profile(job) if profile else {}, fp16=precision in ("fp16", "int8"),
         int8=precision == "int8", sparse_weights=params.get("sparsity") == "2:4",
@@ -296,10 +296,9 @@ def lookup_cache(d: _Deploy) -> dict[str, Any]:
             continue
         started = time.perf_counter()
         job, family = _job(d, rmir), _family(rmir)
-        precision = str(job.params.get("precision", "fp16"))
         protection = _protection(rmir)
         key = cache.compile_key(key_inputs(d, rmir, _compile_options(d, job, family),
-                                           _settings(d, job, family, precision, profile=False)), protection)
+                                           _settings(d, job, family, profile=False)), protection)
         restored: dict[str, Any] = {}
 
         def check(meta: dict[str, Any], family: Family = family, job: NetworkJob = job) -> None:
@@ -337,9 +336,8 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
         if outcome.status != "hit":
             assert rmir.graph_path is not None and rmir.signature is not None
             job, family = _job(d, rmir), _family(rmir)
-            precision = str(job.params.get("precision", "fp16"))
             opts = _compile_options(d, job, family)
-            settings = _settings(d, job, family, precision)
+            settings = _settings(d, job, family)
             folder = d.staged(plan)
             plan.report, outcome.detail = _compile(d, rmir, plan, opts, settings, folder)
             if d.cache is not None:
@@ -350,7 +348,6 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
                     outcome.key, files, {"report": plan.report, "detail": outcome.detail, "network": network},
                     outcome.protection))
         plan.cache = outcome.record()
-        d.cache_status[plan.name] = outcome.status
         seconds = outcome.seconds + time.perf_counter() - started
         out[plan.name] = {**outcome.detail, "cache": plan.cache, "seconds": round(seconds, 3)}
     return out

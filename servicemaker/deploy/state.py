@@ -118,8 +118,6 @@ class _Deploy:
         self.results: list[StepResult] = []
         #: the compile cache (:class:`servicemaker.deploy.cache.CompileCache`), None with --no-cache
         self.cache: Any = None
-        #: network model name → hit | miss | rebuilt | off
-        self.cache_status: dict[str, str] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     @property

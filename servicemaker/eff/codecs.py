@@ -276,6 +276,11 @@ class GcmKeys:
     def key_check(self) -> str:
         return _key_check(self.check_key)
 
+    def derivation(self) -> dict[str, Any]:
+        """How these keys were derived (what a reader needs besides the passphrase), as archive props record it."""
+        return {"kdf": "scrypt", "kdf_n": self.n, "kdf_r": self.r, "kdf_p": self.p, "salt": self.salt.hex(),
+                "key_check": self.key_check}
+
     def digest(self) -> hmac.HMAC:
         """A keyed digest of plaintext: HMAC-SHA256 under a key derived from the check key with its own label."""
         return hmac.new(hmac.new(self.check_key, GCM_DIGEST_LABEL, hashlib.sha256).digest(), digestmod=hashlib.sha256)
@@ -319,16 +324,7 @@ class _GcmEncoder:
         self._keys = keys
         self._ctx = Cipher(algorithms.AES(keys.aes_key), modes.GCM(nonce)).encryptor()
         self._ctx.authenticate_additional_data(GCM_AAD_PREFIX + name.encode("utf-8"))
-        self.props = {
-            "encryption": GCM_NAME,
-            "kdf": "scrypt",
-            "kdf_n": keys.n,
-            "kdf_r": keys.r,
-            "kdf_p": keys.p,
-            "salt": keys.salt.hex(),
-            "nonce": nonce.hex(),
-            "key_check": keys.key_check,
-        }
+        self.props = {"encryption": GCM_NAME, **keys.derivation(), "nonce": nonce.hex()}
 
     def new_digest(self) -> hmac.HMAC:
         return self._keys.digest()
