@@ -1,13 +1,17 @@
-"""Serving latency and throughput of a deployed text_classification ensemble in a real Triton server.
+"""Serving latency and throughput of the text_classification pipeline in a real Triton server, in both serving
+layouts.
 
-Deploys the MiniLM text_classification sample (``--target onnxruntime-python``) unless ``--repo`` names a
-repository, starts Triton on 127.0.0.1, and for each concurrency sends one-sentence requests from that many client
-threads for ``--seconds``. It prints, per concurrency: client-side p50/p95 latency, throughput, and the server-side
-mean and p50 request time from Triton's statistics API. The baseline, run in the same command, is the same
-pipeline (tokenizer → ONNX Runtime → label decoding, the very handlers the repository holds) called in-process
-without Triton; ratios are against it.
+Deploys the MiniLM text_classification sample (``--target onnxruntime-python``, ``--precision`` fp32 or int8) twice
+— the ensemble layout (tokenizer, network and decoder as three Python-backend models behind an ensemble) and the
+fused layout (``--serving=fused``: one model) — unless ``--repo`` names a repository, starts Triton on 127.0.0.1
+for each, and for each concurrency sends one-sentence requests from that many client threads for ``--seconds``.
+The baseline, run in the same command, is the same pipeline (tokenizer → ONNX Runtime → label decoding, the very
+handlers the repository holds) called in-process without Triton, one request at a time; the table gives, per
+layout and concurrency: p50/p95 latency, throughput, p50 minus the baseline's p50, throughput over the baseline's,
+and throughput over concurrency 1's.
 
-    python benchmarks/serve_latency.py [--repo REPO] [--seconds 10] [--concurrency 1 8] [--protocol http]
+    python benchmarks/serve_latency.py [--repo REPO] [--seconds 10] [--concurrency 1 8] [--protocol grpc]
+                                       [--precision fp32|int8] [--layouts ensemble fused]
 
 Numbers depend on the machine; compare only ratios taken in one run.
 """
@@ -30,7 +34,7 @@ SENTENCES = ["is it going to snow in berlin tomorrow", "put on a rock song", "di
              "will it be sunny this weekend", "play something relaxing", "who scored in the final"]
 
 
-def deploy_sample(workdir: Path) -> tuple[Path, str]:
+def deploy_sample(workdir: Path, layouts: list[str], precision: str) -> dict[str, Path]:
     from servicemaker.build import BuildOptions, build
     from servicemaker.deploy import DeployOptions, deploy
     from servicemaker.keys import ArchiveArg
@@ -40,10 +44,14 @@ def deploy_sample(workdir: Path) -> tuple[Path, str]:
     rmir = workdir / "tc.rmir"
     build(BuildOptions(pipeline="text_classification", output=ArchiveArg(rmir, None), inputs=[ArchiveArg(export, None)],
                        domain_name="weather"))
-    t0 = time.perf_counter()
-    deploy(DeployOptions(rmirs=[ArchiveArg(rmir, None)], repo=workdir / "repo", target="onnxruntime-python"))
-    print(f"deploy of the MiniLM sample: {time.perf_counter() - t0:.2f} s")
-    return workdir / "repo", "riva_text_classification_weather"
+    repos = {}
+    for layout in layouts:
+        t0 = time.perf_counter()
+        repos[layout] = workdir / f"repo-{layout}"
+        deploy(DeployOptions(rmirs=[ArchiveArg(rmir, None)], repo=repos[layout], target="onnxruntime-python",
+                             serving=layout, overrides={"nn.precision": precision}))
+        print(f"deploy of the MiniLM sample ({precision}, {layout} layout): {time.perf_counter() - t0:.2f} s")
+    return repos
 
 
 def in_process(repo: Path, ensemble: str, seconds: float) -> list[float]:
@@ -53,14 +61,23 @@ def in_process(repo: Path, ensemble: str, seconds: float) -> list[float]:
     from tritonclient.grpc import model_config_pb2
 
     cfg = text_format.Parse((repo / ensemble / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    sys.path.insert(0, str(repo / cfg.ensemble_scheduling.step[0].model_name / "1"))
-    import svc_handlers
+    if cfg.platform != "ensemble":  # the fused layout: the chain's steps are in the model's parameters
+        sys.path.insert(0, str(repo / ensemble / "1"))
+        import svc_handlers
 
-    chain = []
-    for step in cfg.ensemble_scheduling.step:
-        model = text_format.Parse((repo / step.model_name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        params = {k: v.string_value for k, v in model.parameters.items()}
-        chain.append((svc_handlers.create(params.pop("handler"), str(repo / step.model_name / "1"), params), step))
+        chain = [(svc_handlers.create(s["handler"], str(repo / ensemble / "1" / s["folder"]), s["params"]),
+                  Step(s["inputs"], s["outputs"])) for s in json.loads(cfg.parameters["chain"].string_value)]
+    else:
+        sys.path.insert(0, str(repo / cfg.ensemble_scheduling.step[0].model_name / "1"))
+        import svc_handlers
+
+        chain = []
+        for step in cfg.ensemble_scheduling.step:
+            model = text_format.Parse((repo / step.model_name / "config.pbtxt").read_text(),
+                                      model_config_pb2.ModelConfig())
+            params = {k: v.string_value for k, v in model.parameters.items()}
+            chain.append((svc_handlers.create(params.pop("handler"), str(repo / step.model_name / "1"), params),
+                          Step(dict(step.input_map), dict(step.output_map))))
     latencies = []
     end = time.perf_counter() + seconds
     i = 0
@@ -73,6 +90,11 @@ def in_process(repo: Path, ensemble: str, seconds: float) -> list[float]:
         latencies.append(time.perf_counter() - t0)
         i += 1
     return latencies
+
+
+class Step:
+    def __init__(self, input_map: dict[str, str], output_map: dict[str, str]) -> None:
+        self.input_map, self.output_map = input_map, output_map
 
 
 def stats(url: str, model: str) -> tuple[int, int]:
@@ -138,33 +160,41 @@ def load(server, ensemble: str, concurrency: int, seconds: float, protocol: str)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, help="an existing repository (default: deploy the MiniLM sample)")
-    parser.add_argument("--model", default="riva_text_classification_weather", help="the ensemble to query")
+    parser.add_argument("--model", default="riva_text_classification_weather", help="the pipeline to query")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    parser.add_argument("--layouts", nargs="+", choices=("ensemble", "fused"), default=["ensemble", "fused"])
     args = parser.parse_args()
 
+    from servicemaker.client import connect, infer
     from servicemaker.serve import TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo, ensemble = (args.repo, args.model) if args.repo else deploy_sample(Path(tmp))
-        base = in_process(repo, ensemble, args.seconds)
+        repos = {"given": args.repo} if args.repo else deploy_sample(Path(tmp), args.layouts, args.precision)
+        base = in_process(next(iter(repos.values())), args.model, args.seconds)
         base_p50 = 1e3 * statistics.median(base)
         base_rps = len(base) / sum(base)
-        print(f"baseline (in-process handlers, no Triton): p50 {base_p50:.2f} ms, {base_rps:.1f} req/s")
-        with TritonServer(repo) as server:
-            from servicemaker.client import connect, infer
-            warm = connect(server.http_url)
-            for s in SENTENCES * 3:
-                infer(warm, ensemble, {"TEXT": [s]})
-            for c in args.concurrency:
-                r = load(server, ensemble, c, args.seconds, args.protocol)
-                server_p50 = f"{r['server_p50_ms']:.2f} ms" if r["server_p50_ms"] is not None else "n/a"
-                print(f"triton {args.protocol} concurrency {c}: {r['requests']} requests, "
-                      f"{r['throughput_rps']:.1f} req/s ({r['throughput_rps'] / base_rps:.2f}x baseline), "
-                      f"client p50 {r['client_p50_ms']:.2f} ms ({r['client_p50_ms'] / base_p50:.2f}x baseline), "
-                      f"p95 {r['client_p95_ms']:.2f} ms, server mean {r['server_mean_ms']:.2f} ms, "
-                      f"server p50 {server_p50}")
+        print(f"\nbaseline (the same handlers in-process, one request at a time, no Triton): p50 {base_p50:.2f} ms, "
+              f"{base_rps:.1f} req/s\n")
+        print("| layout | concurrency | requests | req/s | p50 ms | p95 ms | p50 - in-process p50 ms | "
+              "req/s / in-process | req/s / concurrency 1 | server p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for layout, repo in repos.items():
+            with TritonServer(repo) as server:
+                warm = connect(server.http_url)
+                for s in SENTENCES * 3:
+                    infer(warm, args.model, {"TEXT": [s]})
+                first = None
+                for c in args.concurrency:
+                    r = load(server, args.model, c, args.seconds, args.protocol)
+                    first = first or r["throughput_rps"]
+                    server_p50 = f"{r['server_p50_ms']:.2f}" if r["server_p50_ms"] is not None else "n/a"
+                    print(f"| {layout} | {c} | {r['requests']} | {r['throughput_rps']:.1f} | "
+                          f"{r['client_p50_ms']:.2f} | {r['client_p95_ms']:.2f} | "
+                          f"{r['client_p50_ms'] - base_p50:+.2f} | {r['throughput_rps'] / base_rps:.2f} | "
+                          f"{r['throughput_rps'] / first:.2f} | {server_p50} |", flush=True)
 
 
 if __name__ == "__main__":

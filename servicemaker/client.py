@@ -137,13 +137,15 @@ def ensembles(repo: str | Path) -> dict[str, list[str]]:
 
 
 def ensemble_signatures(repo: str | Path) -> dict[str, tuple[list[str], list[str]]]:
-    """The ensembles of a repository: (input names, output names) each, from their config.pbtxt."""
+    """The pipelines of a repository — its ensembles, and the models of the fused layout (one Python-backend model
+    under the ensemble's name, handler ``chain``) —: (input names, output names) each, from their config.pbtxt."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     out: dict[str, tuple[list[str], list[str]]] = {}
     for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
         parsed = text_format.Parse(cfg.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-        if parsed.platform == "ensemble":
+        chain = "handler" in parsed.parameters and parsed.parameters["handler"].string_value == "chain"
+        if parsed.platform == "ensemble" or chain:
             out[parsed.name] = ([t.name for t in parsed.input], [t.name for t in parsed.output])
     return out

@@ -29,7 +29,7 @@ def test_handlers_import_nothing_of_servicemaker(module):
     tree = ast.parse(open(module.__file__).read())
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert modules <= {"__future__", "os", "typing", "numpy", "tokenizers", "onnxruntime", "svc_common", None}
+    assert modules <= {"__future__", "json", "os", "typing", "numpy", "tokenizers", "onnxruntime", "svc_common", None}
 
 
 def test_every_step_matches_its_handler_tensors():

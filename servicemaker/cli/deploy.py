@@ -1,4 +1,5 @@
-"""svc-deploy <in.rmir[:key]>... <repo_dir> [-f] [--target auto|tensorrt|onnxruntime|onnxruntime-python]"""
+"""svc-deploy <in.rmir[:key]>... <repo_dir> [-f] [--target auto|tensorrt|onnxruntime|onnxruntime-python]
+[--serving ensemble|fused]"""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def svc_deploy(
     force: bool = typer.Option(False, "-f", "--force",
                                help="replace existing model folders of these RMIRs (others are never touched)"),
     target: str = typer.Option("auto", "--target", help="|".join(TARGETS)),
+    serving: str = typer.Option("ensemble", "--serving", metavar="ensemble|fused",
+                                help="the serving layout: ensemble (a model per component, as Riva; every target) "
+                                     "or fused (the whole pipeline in one Python-backend model: the fast CPU "
+                                     "layout; --target onnxruntime-python, non-streaming pipelines)"),
     allow_accuracy_drop: bool = typer.Option(
         False, "--allow-accuracy-drop",
         help="deploy even when the optimized network fails the accuracy gate (nn.accuracy_tolerance)"),
@@ -71,7 +76,8 @@ def svc_deploy(
         result = deploy(DeployOptions(rmirs=[parse_archive_arg(a) for a in rmirs], repo=Path(repo), force=force,
                                       target=target, salts=SaltTable.from_option(eff_salts), overrides=overrides,
                                       allow_accuracy_drop=allow_accuracy_drop,
-                                      cache=None if no_cache else cache, use_cache=not no_cache), reporter)
+                                      cache=None if no_cache else cache, use_cache=not no_cache,
+                                      serving=serving), reporter)
         if doc is not None:
             fill_deploy(doc, result)
             return

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from servicemaker.build import Reporter, SilentReporter, sha256_file
 from servicemaker import objstore
-from servicemaker.deploy import cache, tensorrt
+from servicemaker.deploy import cache, layout, tensorrt
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
 from servicemaker.deploy.networks import (_family, _job, _nn_params, _safe_dest, check_graphs, lookup_cache,
                                          prepare_networks)
@@ -136,14 +136,23 @@ def _fingerprint(rmir: RmirPlan, comp: str, target: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _sequence_steps(rmir: RmirPlan) -> list[str]:
+    return [c for c, cs in rmir.spec.components.items() if cs.kind != "network" and _handler(rmir, c).SEQUENCE]
+
+
 def plan_models(d: _Deploy) -> dict[str, Any]:
-    """Name every model; decide write / replace / keep; refuse two different models under one name."""
+    """Name every model (by the serving layout: :mod:`~servicemaker.deploy.layout`); decide write / replace / keep;
+    refuse two different models under one name."""
     repo = d.opts.repo
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"{repo} exists and is not a folder", hint="give a model repository folder")
+    layout.check(d, _sequence_steps)
     for rmir in d.rmirs:
         names = {c: _model_name(cs, d.target) for c, cs in rmir.spec.components.items()}
         names["ensemble"] = rmir.spec.name
+        if layout.fused(d):
+            _plan_fused(d, rmir, names)
+            continue
         for comp, name in names.items():
             plan = ModelPlan(name=name, rmir=rmir, component=comp, fingerprint=_fingerprint(rmir, comp, d.target))
             other = d.models.get(name)
@@ -161,7 +170,28 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
     kept = sorted(m.name for m in d.models.values() if m.action == "keep")
     for name in kept:
         d.rep.step(f"Keeping existing model {name} (pass -f to replace it)")
-    return {"models": {m.name: m.action for m in d.models.values()}}
+    return {"models": {m.name: m.action for m in d.models.values()}, "serving": d.opts.serving}
+
+
+def _plan_fused(d: _Deploy, rmir: RmirPlan, names: dict[str, str]) -> None:
+    """One model under the pipeline's name; its components are planned (the network step stages their files) but
+    are steps of that model, not models of the repository."""
+    name = names["ensemble"]
+    plan = ModelPlan(name=name, rmir=rmir, component="ensemble",
+                     fingerprint=hashlib.sha256(json.dumps([rmir.sha256, "fused", d.target]).encode()).hexdigest())
+    other = d.models.get(name)
+    if other is not None and other.fingerprint != plan.fingerprint:
+        raise UsageError(f"model {name} would come from both {other.rmir.arg.shown} and {rmir.arg.shown}, "
+                         "differently", hint="give one of the pipelines another --name/--domain_name at svc-build")
+    if (d.opts.repo / name).exists():
+        plan.action = "replace" if d.opts.force else "keep"
+    rmir.models = {comp: ModelPlan(name=n, rmir=rmir, component=comp, action=plan.action)
+                   for comp, n in names.items() if comp != "ensemble"}
+    rmir.models["ensemble"] = d.models[name] = other or plan
+    left = layout.members_left(d, rmir)
+    if left and plan.action != "keep":
+        d.rep.warn(f"{name} is now one fused model; the ensemble layout's models {', '.join(left)} stay in the "
+                   "repository unused: remove their folders")
 
 
 def extract_artifacts(d: _Deploy) -> dict[str, Any]:
@@ -175,7 +205,7 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
             if plan.action == "keep" and cs.kind != "network":
                 continue
             for role, ref in cs.artifacts.items():
-                if cs.kind == "network" and (role not in ("graph", "calibration_data") or rmir.hit):
+                if cs.kind == "network" and (role not in ("graph", "calibration_data", "gate_data") or rmir.hit):
                     continue  # the model config and LM config were checked by svc-build; Triton needs the graph
                 d.rep.step(f"Extracting {ref.name}")
                 if ref.source.endswith(".onnx.tar"):
@@ -193,7 +223,7 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
                 if cs.kind == "network" and role == "graph":
                     rmir.graph_path = path
                 elif cs.kind == "network":
-                    rmir.calibration_path = path
+                    rmir.sample_paths[role] = path
                 else:
                     plan.files[_safe_dest(ref.source, role)] = path
                 count += 1
@@ -250,22 +280,13 @@ def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
 
 
 def _ensemble_spec(rmir: RmirPlan) -> ModelConfigSpec:
-    ens = rmir.spec.ensemble
-    assert rmir.signature is not None
-    graph_inputs = {t.name for t in rmir.signature.inputs}
-    steps = []
-    for step in ens.steps:
-        inputs = dict(step.inputs)
-        if step.component == "nn":
-            inputs = {k: v for k, v in inputs.items() if k in graph_inputs}
-        steps.append(EnsembleStep(model_name=rmir.models[step.component].name, input_map=inputs,
-                                  output_map=dict(step.outputs)))
+    steps = [EnsembleStep(model_name=rmir.models[step.component].name, input_map=inputs,
+                          output_map=dict(step.outputs)) for step, inputs in layout.wired_steps(rmir)]
     batch = min(int(cs.params["max_batch_size"]) for cs in rmir.spec.components.values())
-    return ModelConfigSpec(
-        name=rmir.spec.name, template="ensemble", max_batch_size=batch,
-        comment=f"{rmir.spec.pipeline} ensemble from {rmir.arg.path.name}",
-        inputs=[TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.inputs],
-        outputs=[TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.outputs], steps=steps)
+    inputs, outputs = layout.ensemble_tensors(rmir)
+    return ModelConfigSpec(name=rmir.spec.name, template="ensemble", max_batch_size=batch,
+                           comment=f"{rmir.spec.pipeline} ensemble from {rmir.arg.path.name}", inputs=inputs,
+                           outputs=outputs, steps=steps)
 
 
 def render_configs(d: _Deploy) -> dict[str, Any]:
@@ -274,8 +295,16 @@ def render_configs(d: _Deploy) -> dict[str, Any]:
         for comp, plan in rmir.models.items():
             if plan.config is not None:
                 continue
+            if layout.fused(d):
+                if comp == "ensemble":
+                    plan.config = layout.fused_spec(rmir, lambda c, r=rmir: _spec_for(d, r, c))
+                    plan.config_text, plan.parsed = render(plan.config)
+                    plan.report, plan.cache = rmir.models["nn"].report, rmir.models["nn"].cache
+                continue
             plan.config = _ensemble_spec(rmir) if comp == "ensemble" else _spec_for(d, rmir, comp)
             plan.config_text, plan.parsed = render(plan.config)
+        if layout.fused(d):
+            continue
         # Kept models are checked too: a kept model that no longer fits is reported, not silently wired in.
         members = {m.name: m.parsed for c, m in rmir.models.items() if c != "ensemble"}
         problems = check_ensemble(rmir.models["ensemble"].parsed, members)
@@ -296,6 +325,8 @@ def write_models(d: _Deploy) -> dict[str, Any]:
             (folder / "model.py").write_text(glue.read_text(encoding="utf-8"), encoding="utf-8")
             shutil.copyfile(common.__file__, folder / COMMON_FILE)
             shutil.copyfile(_runtime(plan.rmir).__file__, folder / HANDLER_FILE)
+        if plan.config.parameters.get("handler") == layout.CHAIN_HANDLER:
+            layout.write_members(d, plan, folder)
         for dest, src in plan.files.items():
             shutil.copyfile(src, folder / dest)
         for path in folder.parent.rglob("*"):
@@ -308,7 +339,12 @@ def _requirements(d: _Deploy) -> list[str]:
     needed: set[str] = set()
     for plan in d.live():
         if plan.config is not None and plan.config.template == "python":
-            needed.update(_family(plan.rmir).requirements_for(plan.config.parameters.get("handler", "")))
+            family = _family(plan.rmir)
+            handler = plan.config.parameters.get("handler", "")
+            handlers = [s["handler"] for s in json.loads(plan.config.parameters[layout.CHAIN_PARAM])] \
+                if handler == layout.CHAIN_HANDLER else [handler]
+            for name in handlers:
+                needed.update(family.requirements_for(name))
     return sorted(needed)
 
 

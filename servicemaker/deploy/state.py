@@ -39,6 +39,8 @@ class DeployOptions:
     cache: str | None = None
     #: False (``--no-cache``): neither read nor write any compile cache
     use_cache: bool = True
+    #: the serving layout (:mod:`servicemaker.deploy.layout`): ``ensemble`` (one model per component) or ``fused``
+    serving: str = "ensemble"
 
 
 @dataclass
@@ -77,7 +79,8 @@ class RmirPlan:
     models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
     signature: graphs.Signature | None = None
     graph_path: Path | None = None
-    calibration_path: Path | None = None
+    #: the network's staged sample files by role: ``calibration_data``, ``gate_data``
+    sample_paths: dict[str, Path] = field(default_factory=dict)
     job: NetworkJob | None = None
     #: the compile cache's answer for the network (``networks.Outcome``), once ``lookup_cache`` asked it
     outcome: Any = None

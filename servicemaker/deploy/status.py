@@ -49,6 +49,7 @@ def write_status(d: _Deploy, seconds: float) -> None:
         "format": STATUS_FORMAT,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": d.target,
+        "serving": d.opts.serving,
         "force": d.opts.force,
         "seconds": round(seconds, 3),
         "versions": _versions(),

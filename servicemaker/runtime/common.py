@@ -10,7 +10,9 @@ The protocol (see ``templates/python/model.py``):
 - ``Handler.__call__(inputs) -> outputs`` maps one request's batch (numpy arrays, first axis the batch; STRING
   tensors are object arrays of ``bytes``) to its outputs.
 - ``Handler.batch(requests)`` gets every request Triton hands the model at once; the default calls ``__call__``
-  on each, so one bad request fails alone. Handlers that gain from running requests together override it.
+  on each, so one bad request fails alone. :class:`Merged` handlers (the ONNX network, the NLP handlers) run the
+  work once: the requests whose tensors agree in every axis but the first are concatenated, run in one call and
+  split back; when that call fails, each request of the group runs alone, so a bad request still fails alone.
 - Handlers with ``SEQUENCE = True`` sit behind Triton's sequence batcher: ``stream(events)`` gets each request
   with its correlation id and START/END flags, and keeps per-sequence state itself.
 - ``network``: set by the glue when the model's config names a ``network_model``: a callable running that Triton
@@ -19,6 +21,7 @@ The protocol (see ``templates/python/model.py``):
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -121,7 +124,58 @@ class Handler:
         raise NotImplementedError
 
 
-class OnnxNetwork(Handler):
+def shape_groups(requests: Sequence[Arrays]) -> List[List[int]]:
+    """Indices of the requests that can be concatenated along the first axis: same tensor names, dtypes and every
+    axis but the first; in request order."""
+    groups: Dict[Tuple, List[int]] = {}
+    for i, inputs in enumerate(requests):
+        key = tuple(sorted((k, np.asarray(v).dtype.str, np.shape(v)[1:]) for k, v in inputs.items()))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def concat(requests: Sequence[Arrays]) -> Arrays:
+    """The requests' tensors concatenated along the first axis (see :func:`shape_groups`)."""
+    return {k: np.concatenate([np.asarray(r[k]) for r in requests]) for k in requests[0]}
+
+
+def split(out: Arrays, sizes: Sequence[int]) -> List[Arrays]:
+    """A merged call's outputs back per request: consecutive slices of ``sizes`` along the first axis."""
+    bounds = np.cumsum([0] + list(sizes))
+    return [{k: v[bounds[i]:bounds[i + 1]] for k, v in out.items()} for i in range(len(sizes))]
+
+
+def rows(inputs: Arrays) -> int:
+    return len(next(iter(inputs.values()))) if inputs else 0
+
+
+class Merged(Handler):
+    """A handler whose requests concatenate along the first axis: :meth:`batch` makes one :meth:`merged` call per
+    group of requests with equal trailing shapes; when it fails, the group's requests run one by one (the default
+    :meth:`Handler.batch`), so an error is still the bad request's alone. ``merged`` concatenates, calls
+    ``__call__`` once and splits the outputs by each request's rows; handlers whose outputs are not row-aligned with
+    their inputs override it."""
+
+    def batch(self, requests: List[Arrays]) -> List[Result]:
+        out: List[Result] = [Exception("unanswered")] * len(requests)
+        for group in shape_groups(requests):
+            members = [requests[i] for i in group]
+            answers: List[Result] = []
+            if len(members) > 1:
+                try:
+                    answers = list(self.merged(members))
+                except Exception:  # noqa: BLE001 - which request was bad is found by running them one by one
+                    answers = []
+            answers = answers or Handler.batch(self, members)
+            for i, answer in zip(group, answers):
+                out[i] = answer
+        return out
+
+    def merged(self, requests: List[Arrays]) -> List[Arrays]:
+        return split(self(concat(requests)), [rows(r) for r in requests])
+
+
+class OnnxNetwork(Merged):
     """Runs ``model.onnx`` with ONNX Runtime; the tensors are the graph's own (declared in config.pbtxt)."""
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
@@ -143,8 +197,46 @@ class OnnxNetwork(Handler):
         return dict(zip(self.outputs, results))
 
 
+class Chain(Handler):
+    """A pipeline's steps run in-process, in order, as its ensemble would run them as models (svc-deploy's
+    ``--serving=fused`` layout): ``chain`` (a parameter, JSON) lists the steps, each with its handler, the
+    handler's parameters, the subfolder of its files and the ensemble's tensor maps (handler tensor → pipeline
+    tensor). Every request Triton hands the model goes through each step's :meth:`Handler.batch` together; a request
+    that fails at a step fails alone and goes no further."""
+
+    def __init__(self, folder: str, params: Dict[str, str],
+                 create: Callable[[str, str, Dict[str, str]], Handler]) -> None:
+        super().__init__(folder, params)
+        self.steps = [(create(s["handler"], os.path.join(folder, s["folder"]), s["params"]), s["inputs"],
+                       s["outputs"]) for s in json.loads(params["chain"])]
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        result = self.batch([inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def batch(self, requests: List[Arrays]) -> List[Result]:
+        tensors: List[Arrays] = [dict(r) for r in requests]
+        results: List[Result] = list(tensors)
+        alive = list(range(len(requests)))
+        for handler, inputs, outputs in self.steps:
+            answers = handler.batch([{key: tensors[i][name] for key, name in inputs.items()} for i in alive])
+            still = []
+            for i, answer in zip(alive, answers):
+                if isinstance(answer, Exception):
+                    results[i] = answer
+                else:
+                    tensors[i].update({name: answer[key] for key, name in outputs.items()})
+                    still.append(i)
+            alive = still
+        return results
+
+
 def create_from(handlers: Dict[str, Callable[[str, Dict[str, str]], Handler]], name: str, folder: str,
                 params: Dict[str, str]) -> Handler:
+    if name == "chain":
+        return Chain(folder, params, lambda n, f, p: create_from(handlers, n, f, p))
     if name not in handlers:
         raise ValueError(f"unknown handler '{name}'")
     return handlers[name](folder, params)

@@ -35,7 +35,7 @@ if __package__:  # inside servicemaker
 else:  # in a deployed model folder, beside svc_common.py
     import svc_common as common  # type: ignore[no-redef]
 
-Arrays, TensorDecl, Handler = common.Arrays, common.TensorDecl, common.Handler
+Arrays, TensorDecl, Handler, Merged = common.Arrays, common.TensorDecl, common.Handler, common.Merged
 texts, strings, softmax, flag = common.texts, common.strings, common.softmax, common.flag
 
 ENCODED = (("input_ids", "TYPE_INT64", (-1,)), ("token_type_ids", "TYPE_INT64", (-1,)),
@@ -132,8 +132,14 @@ def wordpiece(folder: str, params: Dict[str, str]):
     return BertWordPieceTokenizer(path, lowercase=flag(params["lower_case"]))
 
 
-class _Windowed(Handler):
-    """What both tokenizers share: the vocabulary, the window geometry, the request limits, padding of rows."""
+class _Windowed(Merged):
+    """What both tokenizers share: the vocabulary, the window geometry, the request limits, padding of rows, and
+    batching: the texts of every request Triton hands the model go through one ``encode_batch`` call, and the rows
+    of all of them are padded to the longest row of the batch (never to ``max_seq_length``), then split back per
+    request, so the requests of a batch share their width and the network runs them as one batch.
+
+    Subclasses implement ``items`` (one request's validated texts), ``spans`` (the encodings and windows of a flat
+    list of texts) and ``build`` (the padded rows of all texts, ``row_text`` indexing the flat list)."""
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         super().__init__(folder, params)
@@ -154,6 +160,24 @@ class _Windowed(Handler):
             raise ValueError(f"the request needs {count} windows of {self.max_len} tokens but the network takes "
                              f"at most {self.rows_cap} at once: send fewer or shorter texts per request, or rebuild "
                              "with larger --nn.max_batch_size and decoder --<component>.max_batch_size values")
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        return self.merged([inputs])[0]
+
+    def merged(self, requests: List[Arrays]) -> List[Arrays]:
+        per_request = [self.items(r) for r in requests]
+        flat = [item for items in per_request for item in items]
+        encoded, spans_of = self.spans(flat)
+        counts = [len(items) for items in per_request]
+        starts = np.cumsum([0] + counts)
+        for k in range(len(requests)):  # each request's windows are bounded on their own
+            self.check_rows(spans_of[starts[k]:starts[k + 1]])
+        out = self.build(flat, encoded, spans_of)
+        row_text = out["row_text"][:, 0]
+        bounds = np.searchsorted(row_text, starts)  # rows are in text order
+        return [{name: ((value[bounds[k]:bounds[k + 1]] - starts[k]).astype(value.dtype) if name == "row_text"
+                        else value[bounds[k]:bounds[k + 1]]) for name, value in out.items()}
+                for k in range(len(requests))]
 
     def pack(self, rows: List[Row]) -> Arrays:
         """Rows padded to the longest one: ids, types, mask, the per-token ``extra`` (-1 on padding), row_text."""
@@ -196,16 +220,22 @@ class Tokenize(_Windowed):
         """Whether texts longer than one window are split into windows (else cut after the first one)."""
         return True
 
-    def __call__(self, inputs: Arrays) -> Arrays:
+    def items(self, inputs: Arrays) -> List[str]:
         items = texts(inputs["TEXT"])
         check_sizes(items, self.max_chars)
+        return items
+
+    def spans(self, items: List[str]):
         words = [t.split() for t in items]
         encs = self.tok.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
         width = self.max_len - 2
         tokens = [word_tokens(enc, len(ws), self.unk) for ws, enc in zip(words, encs)]
         spans_of = [windows(len(ids), width, self.stride(width)) if self.windowed() else [(0, min(len(ids), width))]
                     for ids, _ in tokens]
-        self.check_rows(spans_of)
+        return (words, tokens), spans_of
+
+    def build(self, items: List[str], encoded, spans_of) -> Arrays:
+        words, tokens = encoded
         rows: List[Row] = []
         for b, (ws, (ids, first), spans) in enumerate(zip(words, tokens, spans_of)):
             owner = owners(spans, len(ids))
@@ -244,17 +274,28 @@ class TokenizeQA(_Windowed):
         # at least one context token fits in every window
         self.max_query = min(int(params["max_query_length"]), self.max_len - 4)
 
-    def __call__(self, inputs: Arrays) -> Arrays:
+    def items(self, inputs: Arrays) -> List[Tuple[str, str]]:
         questions, contexts = texts(inputs["QUESTION"]), texts(inputs["CONTEXT"])
+        if len(questions) != len(contexts):
+            raise ValueError(f"the request has {len(questions)} questions but {len(contexts)} contexts: send one "
+                             "CONTEXT per QUESTION")
         check_sizes(questions, self.max_chars)
         check_sizes(contexts, self.max_chars)
+        return list(zip(questions, contexts))
+
+    def spans(self, items: List[Tuple[str, str]]):
+        questions, contexts = [q for q, _ in items], [c for _, c in items]
         q_encs = self.tok.encode_batch(questions, add_special_tokens=False)
         c_encs = self.tok.encode_batch(contexts, add_special_tokens=False)
         queries = [q.ids[: self.max_query] for q in q_encs]
         context_ids = [c.ids for c in c_encs]  # an Encoding builds a new list on every access: read once
         widths = [self.max_len - len(query) - 3 for query in queries]  # [CLS] question [SEP] ... [SEP]
         spans_of = [windows(len(ids), width, self.stride(width)) for width, ids in zip(widths, context_ids)]
-        self.check_rows(spans_of)
+        return (queries, context_ids, c_encs), spans_of
+
+    def build(self, items: List[Tuple[str, str]], encoded, spans_of) -> Arrays:
+        queries, context_ids, c_encs = encoded
+        contexts = [c for _, c in items]
         rows: List[Row] = []
         meta: List[Tuple[np.ndarray, np.ndarray, int]] = []  # per row: the context's token offsets, owners, window
         for b, (query, ids, spans, c) in enumerate(zip(queries, context_ids, spans_of, c_encs)):
@@ -282,7 +323,24 @@ class TokenizeQA(_Windowed):
 
 # --- label decoding ------------------------------------------------------------------------------------------------
 
-class Classify(Handler):
+class _PerText(Merged):
+    """A decoder of rows into one answer per text (``row_text`` says which text each row is): the requests of a
+    batch are decoded in one call, their ``row_text`` offset by the texts before them; each output goes back per
+    request by rows or by texts, whichever its first axis counts."""
+
+    def merged(self, requests: List[Arrays]) -> List[Arrays]:
+        rows = [common.rows(r) for r in requests]
+        counts = [len(row_groups(r["row_text"])) for r in requests]
+        offsets = np.cumsum([0] + counts)[:-1]
+        merged = common.concat([{**r, "row_text": (np.asarray(r["row_text"]) + off).astype(np.int32)}
+                                for r, off in zip(requests, offsets)])
+        out = self(merged)
+        by_rows = common.split({k: v for k, v in out.items() if len(v) == sum(rows)}, rows)
+        by_texts = common.split({k: v for k, v in out.items() if len(v) != sum(rows)}, counts)
+        return [{**a, **b} for a, b in zip(by_rows, by_texts)]
+
+
+class Classify(_PerText):
     """Sequence logits → LABEL (from the labels file, else the class index), SCORE (softmax), LOGITS; a text's
     windows (``long_input=mean``) are averaged."""
 
@@ -309,7 +367,7 @@ def per_text(logits: np.ndarray, row_text: np.ndarray, how: str) -> np.ndarray:
     return logits[[g[0] for g in groups]]
 
 
-class LabelTokens(Handler):
+class LabelTokens(Merged):
     """Token logits → each token's label and softmax score."""
 
     INPUTS = (("logits", "TYPE_FP32", (-1, -1)),)
@@ -325,7 +383,7 @@ class LabelTokens(Handler):
         return {"token_labels": strings([[self.labels[i] for i in row] for row in ids]), "token_scores": scores}
 
 
-class IntentSlots(Handler):
+class IntentSlots(_PerText):
     """Intent logits → INTENT, INTENT_SCORE per text (``long_input``: first window or mean); slot logits → each
     token's slot label."""
 
@@ -348,7 +406,7 @@ class IntentSlots(Handler):
                 "slot_labels": strings([[self.slots[i] for i in row] for row in slots])}
 
 
-class PunctLabels(Handler):
+class PunctLabels(Merged):
     """Punctuation and capitalization logits → each token's two labels."""
 
     INPUTS = (("punct_logits", "TYPE_FP32", (-1, -1)), ("capit_logits", "TYPE_FP32", (-1, -1)))
