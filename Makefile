@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/svc-samples $(DEMO) -p text_classification -p speech_recognition
 	$(BIN)/svc-build text_classification $(DEMO)/text_classification.rmir $(DEMO)/text_classification.riva \
-		--domain_name=weather -f
+		--domain_name=weather --nn.gate_data=$(DEMO)/text_classification_gate.tsv -f
 	$(BIN)/svc-build speech_recognition $(DEMO)/asr.rmir $(DEMO)/speech_recognition.riva --offline \
 		--name=asr-offline -f
 	$(BIN)/svc-inspect $(DEMO)/text_classification.rmir

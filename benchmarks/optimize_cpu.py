@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="minilm,bert-base")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--fusion-ops", default="auto", choices=("auto", "onnx", "ort_contrib"),
+    ap.add_argument("--fusion-ops", default="auto", choices=("auto", "onnx", "ort_contrib", "ort"),
                     help="what (c)'s fused patterns become (nn.fusion_ops)")
     args = ap.parse_args(argv)
 
@@ -172,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             report = recipe_c(src, c_path, work, args.threads, calib, samples, args.fusion_ops)
             c_secs = time.perf_counter() - t
             after = report["ops_after"]
-            fusion = (f"{after.get('Gelu', 0)} Gelu, "
+            gelu = sum(after.get(op, 0) for op in ("Gelu", "BiasGelu", "FastGelu"))
+            fusion = (f"{report['fusion']['flavor']} flavor: {gelu} GELU, "
                       f"{after.get('LayerNormalization', 0) + after.get('SkipLayerNormalization', 0)} LayerNorm-family, "
-                      f"{report['fusion']['plugins']['attention_scale']['fused']} attention scales moved")
+                      f"{after.get('MultiHeadAttention', 0)} MultiHeadAttention")
             print(f"{name}: (b) prepared in {b_secs:.1f} s; (c) compiled in {c_secs:.1f} s: {fusion}, "
                   f"INT8 layers {report['int8']['quantized']}/{report['int8']['layers']}, "
                   f"kept FP32 {report['int8']['kept_fp32']}", file=sys.stderr)

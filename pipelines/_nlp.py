@@ -115,8 +115,27 @@ class NlpFamily(Family):
         else:
             examples = feeds.bundled("calibration")
             source = f"servicemaker's default English sentences ({len(examples)} examples)"
-        return SampleFeeds(feeds.tokenized(examples, tokenizer, qa),
-                           feeds.tokenized(feeds.bundled("samples"), tokenizer, qa), source)
+        gate = feeds.bundled("samples") if job.gate_path is None else _gate_examples(job, qa)
+        return SampleFeeds(feeds.tokenized(examples, tokenizer, qa), feeds.tokenized(gate, tokenizer, qa), source)
+
+    def gate(self, job: NetworkJob, reference: list[dict[str, Any]], optimized: list[dict[str, Any]],
+             feeds: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """With labeled nn.gate_data: top-1 accuracy of the FP32 and of the optimized network on the examples' real
+        labels, and how often the two agree (reported; ``nn.accuracy_tolerance`` still bounds 1 - cosine)."""
+        import numpy as np
+
+        labels = job.state.get("gate_labels")
+        if not labels:
+            return None
+        truth = np.array(labels["ids"])
+        fp32 = np.concatenate([r[labels["output"]] for r in reference]).argmax(-1)
+        opt = np.concatenate([o[labels["output"]] for o in optimized]).argmax(-1)
+        if len(fp32) != len(truth):
+            return {"labels_note": f"{len(truth)} labeled examples gave {len(fp32)} rows (an example longer than "
+                                   "one window): top-1 on the labels not scored"}
+        return {"labeled_examples": int(len(truth)), "labels_top1_fp32": round(float(np.mean(fp32 == truth)), 6),
+                "labels_top1": round(float(np.mean(opt == truth)), 6),
+                "labels_agreement": round(float(np.mean(opt == fp32)), 6)}
 
     def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
         """The tokenizer learns how many rows (windows) the models after it take; the intent decoder how to read
@@ -138,6 +157,60 @@ class NlpFamily(Family):
         tokenizer = job.component_params("tokenizer")
         return tensorrt.profile_for([t.name for t in job.signature.inputs], int(job.params["max_batch_size"]),
                                     int(tokenizer["max_seq_length"]), (int(tokenizer["max_batch_size"]) + 1) // 2)
+
+
+def _gate_examples(job: NetworkJob, qa: bool) -> list[str]:
+    """nn.gate_data's examples; their labels (``label<TAB>text`` lines), checked against the sequence classifier's
+    labels, go to ``job.state["gate_labels"]`` for :meth:`NlpFamily.gate`."""
+    from servicemaker.deploy import feeds
+
+    lines = feeds.lines(job.gate_path.read_text(encoding="utf-8", errors="replace"))
+    if not lines:
+        raise ValidationError(f"{job.where}: the gate data file (nn.gate_data) has no examples",
+                              hint="give --nn.gate_data a text file with one example per line")
+    if qa or not any("\t" in line for line in lines):
+        return lines  # QA lines are question<TAB>context
+    pairs = [line.split("\t", 1) for line in lines]
+    bad = next((i for i, p in enumerate(pairs, 1) if len(p) != 2 or not p[0].strip() or not p[1].strip()), None)
+    if bad is not None:
+        raise ValidationError(f"{job.where}: line {bad} of nn.gate_data has no 'label<TAB>text' while other lines do",
+                              hint="label every line of the gate data, or none")
+    output, names = _sequence_labels(job)
+    if output is None:
+        raise ValidationError(f"{job.where}: nn.gate_data has labels, but pipeline {job.pipeline.name} has no "
+                              "sequence classifier to score them", hint="give the gate data without labels")
+    ids = []
+    for i, (label, _) in enumerate(pairs, 1):
+        if label.strip() not in names:
+            raise ValidationError(f"{job.where}: line {i} of nn.gate_data has label '{label.strip()}', which the "
+                                  f"model does not know (its labels: {', '.join(names)})",
+                                  hint="use the model's labels (its labels file), or drop the labels")
+        ids.append(names.index(label.strip()))
+    job.state["gate_labels"] = {"output": output, "ids": ids}
+    return [text.strip() for _, text in pairs]
+
+
+def _sequence_labels(job: NetworkJob) -> tuple[str | None, list[str]]:
+    """The network output a sequence-level decoder (a class per text) reads, and its label names (the labels file,
+    else the class indices); (None, []) when the pipeline has none."""
+    from servicemaker.runtime import nlp as runtime
+
+    steps = job.spec.ensemble.steps
+    nn_tensors = {tensor: out for out, tensor in _nn_step(steps).outputs.items()}
+    for step in steps:
+        if step.component == "nn":
+            continue
+        handler = _handler_class(job.pipeline, step.component)
+        decls = _decls(handler.INPUTS)
+        for key, role in handler.LABELS.items():
+            if decls[key][1] == (-1,) and step.inputs.get(key) in nn_tensors:
+                path = job.files.get(step.component, {}).get(role)
+                assert job.signature is not None
+                out = nn_tensors[step.inputs[key]]
+                count = job.signature.output(out).shape[-1]
+                names = runtime.read_labels(str(path)) if path is not None else [str(i) for i in range(count)]
+                return out, names
+    return None, []
 
 
 def _nn_step(steps: tuple[Step, ...]) -> Step:

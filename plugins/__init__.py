@@ -4,6 +4,7 @@
 - ``layernorm``: the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add decomposition → LayerNormalization;
 - ``skip_layernorm``: residual Add + LayerNormalization → one skip-LayerNorm node;
 - ``attention_scale``: the ``1/sqrt(d)`` attention scale moved onto Q (and into Q's projection where possible).
+- ``attention``: multi-head self-attention → ONNX Runtime's ``MultiHeadAttention`` (``ort_contrib`` only).
 
 Every plugin is a :class:`Fusion`: ``find`` returns whole matches and the places where a pattern matched only partly
 (those are reported and left alone, never half-rewritten); ``rewrite`` replaces one match with the nodes of an
@@ -13,7 +14,10 @@ Every plugin is a :class:`Fusion`: ``find`` returns whole matches and the places
   run natively;
 - ``trt_plugin``: TensorRT plugin nodes (op type = plugin name, ``plugin_version``/``plugin_namespace`` attributes,
   weights as tensor attributes) that older TensorRT's ONNX parser hands to its plugin registry;
-- ``ort_contrib``: ONNX Runtime contrib ops (``com.microsoft``), faster on the CPU.
+- ``ort_contrib``: ONNX Runtime contrib ops (``com.microsoft``) for every pattern;
+- ``ort``: what ONNX Runtime runs fastest on the CPU, as measured (docs/optimize.md): standard ops where ONNX Runtime
+  fuses them itself at session creation (LayerNorm, GELU, residual + LayerNorm), contrib ops where it cannot
+  (attention in an INT8 Q/DQ graph): :func:`plugin_flavor` says which a plugin gets.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-FLAVORS = ("onnx", "trt_plugin", "ort_contrib")
+FLAVORS = ("onnx", "trt_plugin", "ort_contrib", "ort")
+#: the plugins that emit their contrib op under the ``ort`` flavor (the others emit standard ops there)
+ORT_CONTRIB = frozenset({"attention"})
 MS_DOMAIN = "com.microsoft"
 TRT_DOMAIN = "trt.plugins"
 #: the default-domain opset each flavor's new nodes need
@@ -163,12 +169,21 @@ def detach(match: Match) -> None:
         node.inputs.clear()
 
 
+def plugin_flavor(flavor: str, plugin: str) -> str:
+    """The flavor ``plugin`` rewrites with under ``flavor`` (``ort`` is per plugin: see :data:`FLAVORS`)."""
+    if flavor != "ort":
+        return flavor
+    return "ort_contrib" if plugin in ORT_CONTRIB else "onnx"
+
+
 def registry() -> dict[str, Fusion]:
     """Every fusion plugin, in the order svc-deploy applies them."""
+    from servicemaker.plugins.attention import FUSION as attention
     from servicemaker.plugins.attention_scale import FUSION as attention_scale
     from servicemaker.plugins.gelu import FUSION as gelu
     from servicemaker.plugins.layernorm import FUSION as layernorm
     from servicemaker.plugins.skip_layernorm import FUSION as skip_layernorm
 
     # layernorm before skip_layernorm: the skip fusion reads LayerNormalization nodes, decomposed ones included.
-    return {f.name: f for f in (layernorm, skip_layernorm, gelu, attention_scale)}
+    # attention after attention_scale: it reads the scale wherever attention_scale left it.
+    return {f.name: f for f in (layernorm, skip_layernorm, gelu, attention_scale, attention)}

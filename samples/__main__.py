@@ -39,6 +39,8 @@ def make_samples(out: Path, pipelines: tuple[str, ...], tiny: bool, key: str | N
                 if encoder is None:
                     encoder, tokenizer = models.load_minilm()
                 written.append(models.minilm_export(name, out / f"{name}.riva", encoder, tokenizer, key=key))
+                if name == "text_classification":
+                    written.append(models.write_gate_data(out / "text_classification_gate.tsv"))
         elif name == "speech_recognition" and tiny:
             written.append(models.tiny_asr_export(out / "speech_recognition.riva", key=key))
         elif name == "speech_recognition":

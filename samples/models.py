@@ -40,6 +40,34 @@ PROTOTYPES = {
                "when does the tennis tournament start"),
 }
 
+#: held-out sentences with their real labels, none of them a prototype: the text_classification sample's labeled
+#: accuracy-gate data (``svc-samples`` writes it as text_classification_gate.tsv, for ``--nn.gate_data``)
+HELD_OUT = {
+    "weather": ("is it going to snow in berlin on friday", "do i need an umbrella this afternoon",
+                "how cold will it be tonight", "what is the temperature in paris right now",
+                "will the storm reach the coast tomorrow", "is there a heat wave coming this week",
+                "how windy is it at the beach today", "will it be sunny for the picnic on sunday",
+                "what are the chances of rain this evening", "is the fog going to clear up by noon"),
+    "music": ("put on some relaxing piano music", "skip to the next track", "play the latest album by adele",
+              "what song is playing right now", "add this track to my workout playlist",
+              "play something upbeat for the party", "lower the music a little",
+              "who composed this symphony", "shuffle my favourite songs", "play classical guitar music"),
+    "sports": ("did the lakers win their match", "who scored the winning goal in the final",
+               "when is the next formula one race", "what was the final score of the hockey game",
+               "which team leads the premier league", "is the marathon on this weekend",
+               "how many medals did canada win at the olympics", "who is playing in the world cup semifinal",
+               "when does the baseball season start", "did serena win her tennis match today"),
+}
+
+
+def write_gate_data(path: str | Path) -> Path:
+    """The text_classification sample's labeled held-out sentences, ``label<TAB>text`` per line."""
+    path = Path(path)
+    path.write_text("".join(f"{label}\t{text}\n" for label, texts in HELD_OUT.items() for text in texts),
+                    encoding="utf-8")
+    return path
+
+
 TASKS: dict[str, Task] = {
     "text_classification": Task("text_classification", "TextClassificationModel", ("logits",),
                                 {"class_labels_file": tuple(PROTOTYPES)}),

@@ -47,6 +47,7 @@ class NetworkJob:
     files: dict[str, dict[str, Path]]   # python component → {artifact role: staged file}
     model_names: dict[str, str]         # component → Triton model name
     calibration_path: Path | None = None
+    gate_path: Path | None = None       # the RMIR's nn.gate_data, staged
     signature: Signature | None = None
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -236,15 +236,22 @@ def network_params(*, precision: str = "fp16", calibration_method: str = "percen
         Param(name="precision", type="choice", choices=("fp32", "fp16", "int8"), default=precision,
               help="compute precision of the optimized network"),
         Param(name="fuse", type="bool", default=True, help="fuse GELU/LayerNorm/attention patterns"),
-        Param(name="fusion_ops", type="choice", choices=("auto", "onnx", "trt_plugin", "ort_contrib"), default="auto",
-              help="what fused patterns become: standard ONNX ops (auto), TensorRT plugins (TensorRT < 10), "
-                   "ONNX Runtime contrib ops"),
+        Param(name="fusion_ops", type="choice", choices=("auto", "onnx", "trt_plugin", "ort_contrib", "ort"),
+              default="auto",
+              help="what fused patterns become: auto (onnx for TensorRT, ort for the CPU targets), onnx (standard "
+                   "ops), trt_plugin (TensorRT < 10 plugins), ort_contrib (ONNX Runtime contrib ops), ort (standard "
+                   "ops plus ONNX Runtime's MultiHeadAttention)"),
         Param(name="sparsity", type="choice", choices=("none", "2:4"), default="none",
               help="2:4 structured sparsity of suitable weights"),
         Param(name="calibration_data", type="file", default=None,
               help="INT8 calibration examples, one per line (bundled into the RMIR)"),
-        Param(name="calibration_method", type="choice", choices=("minmax", "entropy", "percentile"),
-              default=calibration_method, help="INT8 calibration method"),
+        Param(name="calibration_method", type="choice", choices=("minmax", "entropy", "percentile", "auto"),
+              default=calibration_method,
+              help="INT8 calibration method; auto: each of the three, keeping the one that scores best on the "
+                   "accuracy gate's sentences (top-1 on their labels where nn.gate_data has them, else cosine)"),
+        Param(name="gate_data", type="file", default=None,
+              help="the accuracy gate's held-out examples, one per line, optionally 'label<TAB>text' (bundled into "
+                   "the RMIR); default: servicemaker's 48 English sentences"),
         Param(name="accuracy_tolerance", type="float", min=0.0, max=1.0, default=0.01,
               help="largest accepted drop (1 - cosine similarity) of the optimized network"),
         Param(name="max_workspace_size", type="int", min=16, max=1 << 20, default=4096,

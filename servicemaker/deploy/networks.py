@@ -71,7 +71,9 @@ def _job(d: _Deploy, rmir: RmirPlan) -> NetworkJob:
             spec=rmir.spec, pipeline=rmir.pipeline, graph_path=None, target=d.target, params=_nn_params(d, rmir),
             files={}, model_names={comp: plan.name for comp, plan in rmir.models.items()})
     job = rmir.job
-    job.graph_path, job.calibration_path = rmir.graph_path, rmir.calibration_path
+    job.graph_path = rmir.graph_path
+    job.calibration_path = rmir.sample_paths.get("calibration_data")
+    job.gate_path = rmir.sample_paths.get("gate_data")
     job.files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
                         for role, ref in rmir.spec.components[comp].artifacts.items()
                         if _safe_dest(ref.source, role) in plan.files}

@@ -29,7 +29,7 @@ Feeds = dict[str, np.ndarray]
 #: fused FP32 graphs must match their input this closely (max |a-b| <= ATOL + RTOL*|b|)
 FUSION_ATOL = 1e-4
 FUSION_RTOL = 1e-4
-FLAVOR_CHOICES = ("auto", "onnx", "trt_plugin", "ort_contrib")
+FLAVOR_CHOICES = ("auto", "onnx", "trt_plugin", "ort_contrib", "ort")
 
 
 class AccuracyError(ServiceMakerError):
@@ -53,10 +53,13 @@ class CompileOptions:
 
 
 def flavor_for(target: str, fusion_ops: str = "auto") -> str:
-    """Which node flavor the fusion plugins emit. ``auto`` is standard ONNX for every target: TensorRT >= 10 runs
-    it natively, and on the CPU ONNX Runtime was measured no slower on it than on contrib ops (docs/optimize.md)."""
-    del target  # every target takes standard ONNX today; kept so a target can prefer another flavor
-    return "onnx" if fusion_ops == "auto" else fusion_ops
+    """Which node flavor the fusion plugins emit. ``auto``: standard ONNX for TensorRT (>= 10 runs it natively and
+    fuses attention itself); ``ort`` for the CPU targets: standard ops where ONNX Runtime fuses them itself, its
+    ``MultiHeadAttention`` contrib op for attention, which it does not fuse in an INT8 Q/DQ graph (measured:
+    docs/optimize.md)."""
+    if fusion_ops != "auto":
+        return fusion_ops
+    return "ort" if target in ("onnxruntime", "onnxruntime-python") else "onnx"
 
 
 def session(model: Any, threads: int = 0):
@@ -145,7 +148,7 @@ def fuse(model: Any, flavor: str, feeds: Sequence[Feeds], threads: int = 0,
     import onnx
     import onnx_graphsurgeon as gs
 
-    from servicemaker.plugins import registry
+    from servicemaker.plugins import plugin_flavor, registry
 
     report: dict[str, Any] = {"flavor": flavor, "plugins": {}}
     checked = flavor != "trt_plugin" and bool(feeds)
@@ -165,7 +168,8 @@ def fuse(model: Any, flavor: str, feeds: Sequence[Feeds], threads: int = 0,
             entry["status"] = "no match"
             entry["seconds"] = round(time.perf_counter() - started, 3)
             continue
-        needs = fusion.needs_opset if flavor == "onnx" or name == "layernorm" else 0
+        own = plugin_flavor(flavor, name)
+        needs = fusion.needs_opset if own == "onnx" or name == "layernorm" else 0
         if needs > default_opset(candidate):
             try:
                 candidate = upgrade_opset(candidate, needs)
@@ -176,7 +180,7 @@ def fuse(model: Any, flavor: str, feeds: Sequence[Feeds], threads: int = 0,
             matches, _ = fusion.find(graph)
         rewritten = 0
         for match in matches:
-            if fusion.rewrite(graph, match, flavor):
+            if fusion.rewrite(graph, match, own):
                 rewritten += 1
         if not rewritten:
             entry.update(matched=len(matches), status="native",
@@ -214,6 +218,29 @@ def count_ops(model: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _best_calibration(tried: list[tuple[str, Any, dict[str, Any]]], reference: list[list[np.ndarray]],
+                      names: list[str], samples: Sequence[Feeds], opts: CompileOptions,
+                      extra_gate: accuracy.ExtraGate | None) -> tuple[Any, dict[str, Any]]:
+    """``nn.calibration_method=auto``: of the INT8 graphs each calibration method gave, the one that scores best on
+    the gate's held-out examples — top-1 accuracy on their real labels where the gate data has labels, then the
+    gate's own measure (1 - cosine, or the family's error rate); every method's figures go in the report."""
+    if len(tried) == 1:
+        return tried[0][1], tried[0][2]
+    scores: dict[str, dict[str, Any]] = {}
+    ranked = []
+    for method, graph, report in tried:
+        gate = accuracy.compare(reference, run(graph, samples, opts.threads), samples, names, extra_gate)
+        labeled = gate.figures.get("labels_top1")
+        scores[method] = {"drop": round(gate.drop, 6), "cosine": round(gate.cosine, 6),
+                          "kept_fp32": len(report["kept_fp32"]),
+                          **({"labels_top1": labeled} if labeled is not None else {})}
+        ranked.append(((labeled if labeled is not None else 0.0, -gate.drop, -len(report["kept_fp32"])), method,
+                       graph, report))
+    _, method, graph, report = max(ranked, key=lambda r: r[0])
+    report["auto"] = {"chosen": method, "scores": scores}
+    return graph, report
+
+
 def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feeds], samples: Sequence[Feeds],
                     workdir: Path, activity: Callable[[str], Any] | None = None,
                     extra_gate: accuracy.ExtraGate | None = None) -> tuple[Any, dict[str, Any]]:
@@ -243,13 +270,16 @@ def compile_network(model: Any, opts: CompileOptions, calibration: Sequence[Feed
         with step("Pruning weights to 2:4 sparsity"):
             model, report["sparsity"] = sparsity.prune_2_4(model)
     if opts.precision == "int8":
-        settings = quantize.QuantSettings(method=opts.calibration_method,
-                                          symmetric_activations=opts.target == "tensorrt",
-                                          exclude_prefixes=opts.int8_exclude)
-        with step(f"Calibrating INT8 ({opts.calibration_method}) on {len(calibration)} batches"):
-            model, report["int8"] = quantize.quantize_gated(
-                model, reference, names, calibration, samples, settings, opts.accuracy_tolerance, workdir,
-                opts.threads, extra_gate)
+        methods = quantize.METHODS if opts.calibration_method == "auto" else (opts.calibration_method,)
+        tried = []
+        for method in methods:
+            settings = quantize.QuantSettings(method=method, symmetric_activations=opts.target == "tensorrt",
+                                              exclude_prefixes=opts.int8_exclude)
+            with step(f"Calibrating INT8 ({method}) on {len(calibration)} batches"):
+                tried.append((method, *quantize.quantize_gated(
+                    model, reference, names, calibration, samples, settings, opts.accuracy_tolerance, workdir,
+                    opts.threads, extra_gate)))
+        model, report["int8"] = _best_calibration(tried, reference, names, samples, opts, extra_gate)
     report["ops_after"] = count_ops(model)
     runnable = flavor != "trt_plugin" and bool(samples)
     if runnable:
