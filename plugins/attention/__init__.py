@@ -1,4 +1,5 @@
-"""Multi-head self-attention → ONNX Runtime's ``MultiHeadAttention`` contrib op (the ``ort_contrib`` flavor: CPU).
+"""Multi-head self-attention → ONNX Runtime's ``MultiHeadAttention`` contrib op (the ``ort_contrib`` flavor, and
+the ``ort`` flavor the CPU targets take by default).
 
 Matches what the PyTorch exporters write for ``softmax(Q·Kᵀ·s + mask)·V`` over heads, eager and SDPA alike, once the
 ``attention_scale`` plugin has run (the scale is a constant Mul/Div on the scores, on Q, on both Q and K, or already

@@ -215,7 +215,7 @@ class Tokenize(_Windowed):
 
     INPUTS = (("TEXT", "TYPE_STRING", (1,)),)
     OUTPUTS = ENCODED + WORDS + ROWS
-    #: whether texts longer than one window are split into windows (else cut after the first one)
+
     def windowed(self) -> bool:
         """Whether texts longer than one window are split into windows (else cut after the first one)."""
         return True
