@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contents(tmp_path):
+    # from a fresh copy: a build/ folder left by an earlier build would ship files pyproject no longer lists
+    source = _source_copy(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, timeout=300)
+                    str(tmp_path), str(source)], check=True, timeout=300)
     wheel = next(tmp_path.glob("servicemaker-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
@@ -26,6 +28,14 @@ def test_wheel_contents(tmp_path):
                 "runtime/asr.py", "runtime/common.py", "pipelines/_asr.py", "templates/python/model.py"):
         assert f"servicemaker/{sub}" in names
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
+    # every Python source of the package's folders ships (a sub-package missing from pyproject's list would not)
+    mapped = {"servicemaker": "", "pipelines": "pipelines/", "schemas": "schemas/", "templates": "templates/",
+              "plugins": "plugins/", "samples": "samples/"}
+    for folder, prefix in mapped.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                rel = path.relative_to(ROOT / folder).as_posix()
+                assert f"servicemaker/{prefix}{rel}" in names, f"{folder}/{rel} is not in the wheel"
 
 
 def test_ci_runs_the_readme_test_command():
