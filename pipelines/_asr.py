@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from servicemaker.errors import ValidationError
-from servicemaker.family import Family, NetworkJob, SampleFeeds
+from servicemaker.family import Family, NetworkJob, SampleFeeds, network_models
 from servicemaker.onnx_scan import GraphScan
 from servicemaker.pipeline import Bind, Component, Param, Pipeline, Tensor, network_params, serving_params
 
@@ -146,7 +146,7 @@ class AsrFamily(Family):
         _refuse(job.where, job.spec.pipeline, problems)
         return graphs.signature(acoustic.fuse(feat.build_featurizer(cfg), model, job.state["stride"]), job.where)
 
-    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan, component: str) -> None:
         """At svc-build, the acoustic model's interface: one rank-3 float features input (and at most one length),
         a rank-3 float log-probs output, dynamic batch and time axes. Its feature count, classes and time stride
         are checked against the preprocessor and vocabulary at svc-deploy."""
@@ -207,14 +207,15 @@ class AsrFamily(Family):
         opt = (max(1, (batch + 1) // 2), max(shortest, longest // 2))
         return {"audio_signal": ((1, shortest), opt, (batch, longest)), "length": ((1,), (opt[0],), (batch,))}
 
-    def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
+    def model_params(self, jobs: dict[str, NetworkJob], component: str) -> dict[str, str]:
+        job = jobs["nn"]
         cfg = job.state["featurizer"]
         out = {"ms_per_timestep": f"{job.state['ms_per_timestep']:g}"}
         if component == "featurizer":
             out["sample_rate"] = str(cfg.sample_rate)
             if "chunk_size" in job.component_params("featurizer"):
-                out["network_model"] = job.model_names["nn"]
-                out["network_outputs"] = "logprobs,encoded_lengths"
+                out["network_models"] = network_models({"nn": (job.model_names["nn"], ("logprobs", "encoded_lengths"),
+                                                               True)})
                 out["network_max_batch_size"] = str(job.params["max_batch_size"])
         return out
 

@@ -89,7 +89,7 @@ class NlpFamily(Family):
         _refuse(job.where, job.spec.pipeline, problems)
         return sig
 
-    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan, component: str) -> None:
         """At svc-build, the inputs and outputs (the labels files are counted at svc-deploy)."""
         _refuse(graph.where, pipeline.name,
                 _interface_problems(pipeline, pipeline.ensemble.steps, graph.signature(), graph.where))
@@ -137,9 +137,10 @@ class NlpFamily(Family):
                 "labels_top1": round(float(np.mean(opt == truth)), 6),
                 "labels_agreement": round(float(np.mean(opt == fp32)), 6)}
 
-    def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
+    def model_params(self, jobs: dict[str, NetworkJob], component: str) -> dict[str, str]:
         """The tokenizer learns how many rows (windows) the models after it take; the intent decoder how to read
         long inputs."""
+        job = jobs["nn"]
         if component == "tokenizer":
             rows = min(int(job.component_params(c.name)["max_batch_size"])
                        for c in job.pipeline.components if c.name != "tokenizer")

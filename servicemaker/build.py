@@ -128,6 +128,15 @@ def _match(artifacts: dict[str, Any], pattern: str) -> list[str]:
 
 def _assign_slots(pipeline: Pipeline, inputs: list[_Input]) -> list[str]:
     problems: list[str] = []
+    if pipeline.ordered_inputs:
+        got = [i.model_class for i in inputs]
+        want = [s.model_classes for s in pipeline.inputs]
+        if len(got) == len(want) and not all(g in w for g, w in zip(got, want)) and \
+                all(any(g in w for g in got) for w in want):
+            order = ", then ".join("/".join(w) for w in want)
+            return [f"the inputs are {', '.join(got)}: pipeline {pipeline.name} takes {order}, in that order "
+                    f"(as riva-build): svc-build {pipeline.name} OUT.rmir " +
+                    " ".join(f"{s.name}.riva" for s in pipeline.inputs)]
     free = list(pipeline.inputs)
     for item in inputs:
         slot = next((s for s in free if item.model_class in s.model_classes), None)
@@ -188,18 +197,18 @@ def _bind_one(b: Bind, item: _Input, problems: list[str], comp: str) -> str | No
 
 class _GraphChecks:
     """What svc-build checks of a scanned ONNX graph: external data only where it travels with the graph (in a
-    ``.onnx.tar``), and a network's graph against its pipeline's family (TTS, with no family yet: structure only)."""
+    ``.onnx.tar``), and a network's graph against its pipeline's family."""
 
     def __init__(self, pipeline: Pipeline, binds: dict[str, dict[str, tuple[str, str]]]) -> None:
         self.pipeline = pipeline
         self.family = FAMILIES.get(pipeline.family)
-        self.networks = {roles["graph"] for comp, roles in binds.items()
+        self.networks = {roles["graph"]: comp for comp, roles in binds.items()
                          if pipeline.component(comp).kind == "network" and "graph" in roles}
 
     def check(self, item: _Input, name: str, scan: onnx_scan.GraphScan) -> None:
         assert item.slot is not None
         if self.family is not None and (item.slot.name, name) in self.networks:
-            self.family.check_scanned_graph(self.pipeline, scan)
+            self.family.check_scanned_graph(self.pipeline, scan, self.networks[(item.slot.name, name)])
 
 
 class _FormatKeep(dict):
@@ -230,8 +239,9 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     slots_wanted = len(pipeline.inputs)
     if len(opts.inputs) != slots_wanted:
         classes = " + ".join("/".join(s.model_classes) for s in pipeline.inputs)
+        usage = " ".join(f"{s.name.upper()}.riva" for s in pipeline.inputs)
         raise UsageError(f"pipeline {pipeline.name} takes {slots_wanted} input model(s) ({classes}); "
-                         f"{len(opts.inputs)} given")
+                         f"{len(opts.inputs)} given", hint=f"svc-build {pipeline.name} OUT.rmir {usage}")
     for arg in opts.inputs:
         if not arg.path.exists():
             raise NotFoundError(f"input {arg.shown} does not exist")
@@ -296,6 +306,11 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
             pretrained_model_name=_sanitize(str(config_value(primary_cfg, "language_model.pretrained_model_name")
                                                 or "model")),
         )
+        for part, key in pipeline.name_params.items():
+            comp, _, param = key.partition(".")
+            value = str(params[comp][param])
+            _check_name(value, f"--{key}")
+            fmt[part] = value
         ensemble_name = opts.name or pipeline.ensemble_name.format_map(fmt)
         fmt["name"] = ensemble_name
 
@@ -372,8 +387,8 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
         spec = PipelineSpec(
             spec_version=SPEC_VERSION, pipeline=pipeline.name, name=ensemble_name,
             domain_name=opts.domain_name or pipeline.default_domain_name, language_code=fmt["language_code"],
-            components=components, ensemble=pipeline.ensemble, inputs=input_specs,
-            provenance=Provenance(tool="servicemaker", version=__version__),
+            components=components, ensemble=pipeline.ensemble, ensembles=dict(pipeline.extra_ensembles),
+            inputs=input_specs, provenance=Provenance(tool="servicemaker", version=__version__),
         )
         metadata = {
             "format_version": 3,

@@ -1,8 +1,10 @@
 """Pipeline families (NLP, ASR, ...): what svc-deploy's domain-agnostic steps ask of a domain.
 
-Each family (``pipelines/_nlp.py``, ``pipelines/_asr.py``) subclasses :class:`Family` and the registry in
-``pipelines/__init__.py`` maps its name to it; a :class:`~servicemaker.pipeline.Pipeline` names its family. The
-deploy steps call these hooks with a :class:`NetworkJob` and never look at tokenizers, audio or labels themselves:
+Each family (``pipelines/_nlp.py``, ``pipelines/_asr.py``, ``pipelines/_tts.py``) subclasses :class:`Family` and
+the registry in ``pipelines/__init__.py`` maps its name to it; a :class:`~servicemaker.pipeline.Pipeline` names its
+family. The deploy steps call these hooks with a :class:`NetworkJob` — one per network component of an RMIR (NLP and
+ASR pipelines have one, ``nn``; speech synthesis two, ``spectrogram_generator`` and ``vocoder``: ``job.component``
+tells them apart) — and never look at tokenizers, audio or labels themselves:
 
 - ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
 - ``check_scanned_graph``: svc-build's early form of ``check_graph``: the same rules, applied to what a scan of
@@ -10,14 +12,18 @@ deploy steps call these hooks with a :class:`NetworkJob` and never look at token
 - ``saved_state`` / ``restore_state``: what ``check_graph`` left in ``job.state`` that later steps read, as JSON
   kept in the compile cache's entry, and back: a deploy that finds its network compiled neither extracts nor loads
   the graph (``check_graph`` ran when the entry was made, on the same artifacts);
-- ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front);
+- ``network_graph``: the graph the network model runs (e.g. ASR fuses its featurizer in front; TTS masks FastPitch's
+  padding leak); entries it leaves in ``job.state["report"]`` join the network's optimization report;
 - ``sample_feeds``: calibration and accuracy-gate inputs for the optimizing compiler;
 - ``int8_exclude``: node-name prefixes INT8 leaves in FP32 (e.g. ASR's fused featurizer);
 - ``gate``: the family's own accuracy figures of an optimized network against FP32 (e.g. ASR's character error rate
   of the transcripts), one of which may be what ``nn.accuracy_tolerance`` bounds;
 - ``engine_profile``: TensorRT optimization profile;
+- ``network_batched``: whether Triton batches the network's requests (a graph without a batch axis, such as
+  FastPitch's ragged export, is served with ``max_batch_size: 0``);
 - ``model_params``: extra config.pbtxt parameters of a Python-backend component (e.g. the network's name);
-- ``runtime``: the module of ``servicemaker/runtime`` whose handlers the family's Python models run.
+- ``runtime``: the module of ``servicemaker/runtime`` whose handlers the family's Python models run, and
+  ``runtime_support`` the modules of that folder it imports (copied beside it as ``svc_<name>.py``).
 """
 
 from __future__ import annotations
@@ -36,23 +42,34 @@ Feeds = dict[str, Any]
 
 @dataclass
 class NetworkJob:
-    """One RMIR's network as the deploy steps see it; ``state`` is the family's own scratch space."""
+    """One network of an RMIR as the deploy steps see it; ``state`` is the family's own scratch space."""
 
     where: str                          # "<rmir>: graph <source>", for messages
     spec: PipelineSpec
     pipeline: Pipeline
     graph_path: Path | None             # None on a compile cache hit: the graph is not extracted
     target: str
-    params: dict[str, Any]              # the nn component's parameters, svc-deploy's overrides applied
+    params: dict[str, Any]              # the network component's parameters, svc-deploy's overrides applied
     files: dict[str, dict[str, Path]]   # python component → {artifact role: staged file}
     model_names: dict[str, str]         # component → Triton model name
     calibration_path: Path | None = None
     gate_path: Path | None = None       # the RMIR's nn.gate_data, staged
     signature: Signature | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    component: str = "nn"               # the network component this job compiles
 
     def component_params(self, component: str) -> dict[str, Any]:
         return dict(self.spec.components[component].params)
+
+
+def network_models(networks: dict[str, tuple[str, tuple[str, ...], bool]]) -> str:
+    """The ``network_models`` parameter of a Python-backend model that runs other models of the repository (business
+    logic scripting): role → (Triton model name, output names, batched), as the glue in ``templates/python/model.py``
+    reads it (a batched model takes ``[batch]`` tensors as ``[batch, 1]``)."""
+    import json
+
+    return json.dumps({role: {"model": name, "outputs": list(outputs), "batched": batched}
+                       for role, (name, outputs, batched) in networks.items()}, sort_keys=True)
 
 
 @dataclass
@@ -68,19 +85,23 @@ class Family:
     name = ""
     #: module under servicemaker.runtime holding this family's Triton handlers
     runtime = ""
+    #: modules of servicemaker.runtime the handler module imports (copied beside it as ``svc_<name>.py``)
+    runtime_support: tuple[str, ...] = ()
     #: handler name (``*``: any other) → requirement lines the Python backend needs for it (requirements.txt)
     requirements: dict[str, tuple[str, ...]] = {}
 
-    def requirements_for(self, handler: str) -> tuple[str, ...]:
+    def requirements_for(self, handler: str, params: dict[str, str] | None = None) -> tuple[str, ...]:
+        """What a model running ``handler`` with config parameters ``params`` needs installed."""
         return self.requirements.get(handler, self.requirements.get("*", ()))
 
     def check_graph(self, job: NetworkJob, model: Any) -> Signature:
         raise NotImplementedError
 
-    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan) -> None:
-        """At svc-build: raise a ValidationError naming every way the network's graph, scanned without loading it,
-        does not fit ``pipeline`` — the rules of :meth:`check_graph` that need only the graph's interface (the
-        rest, which need the weights or the staged files, wait for svc-deploy). Default: nothing to check."""
+    def check_scanned_graph(self, pipeline: Pipeline, graph: GraphScan, component: str) -> None:
+        """At svc-build: raise a ValidationError naming every way the graph of network ``component``, scanned
+        without loading it, does not fit ``pipeline`` — the rules of :meth:`check_graph` that need only the graph's
+        interface (the rest, which need the weights or the staged files, wait for svc-deploy). Default: nothing to
+        check."""
 
     def saved_state(self, job: NetworkJob) -> dict[str, Any]:
         """After :meth:`check_graph`: the parts of ``job.state`` the steps after it read (``model_params``,
@@ -115,7 +136,12 @@ class Family:
     def engine_profile(self, job: NetworkJob) -> dict[str, tuple[tuple[int, ...], ...]]:
         raise NotImplementedError
 
-    def model_params(self, job: NetworkJob, component: str) -> dict[str, str]:
+    def network_batched(self, job: NetworkJob) -> bool:
+        """Whether the network's first axis is the batch Triton may assemble (``max_batch_size`` > 0)."""
+        return True
+
+    def model_params(self, jobs: dict[str, NetworkJob], component: str) -> dict[str, str]:
+        """Extra parameters of Python-backend ``component``; ``jobs``: the RMIR's networks by component."""
         return {}
 
     def network_handler(self, job: NetworkJob) -> str:

@@ -5,6 +5,7 @@ Triton model names, and the ensemble graph svc-deploy builds. Pipelines are data
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -140,6 +141,8 @@ class Tensor(_Frozen):
     name: str
     dtype: Literal["STRING", "FP32", "FP16", "INT32", "INT64", "BOOL", "UINT8"]
     dims: tuple[int, ...]
+    #: a client may leave this ensemble input out (Triton's ``optional: true``)
+    optional: bool = False
 
 
 class Step(_Frozen):
@@ -189,6 +192,13 @@ class Pipeline(_Frozen):
     #: switches (flags without a value) that select another registered pipeline: ``--offline`` →
     #: ``speech_recognition_offline``
     variants: dict[str, str] = {}
+    #: further ensembles svc-deploy writes beside ``ensemble``, by the suffix of their model name (speech
+    #: synthesis: ``-streaming``, the same pipeline answering with a stream of audio chunks)
+    extra_ensembles: dict[str, Ensemble] = {}
+    #: name parts model names may use (``{voice_name}``) → the ``component.param`` holding their value
+    name_params: dict[str, str] = {}
+    #: the inputs must come in the order of ``inputs`` (Riva's: FastPitch, then HiFi-GAN)
+    ordered_inputs: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
@@ -200,9 +210,16 @@ class Pipeline(_Frozen):
             for b in c.binds:
                 if b.input not in slots:
                     raise ValueError(f"pipeline {self.name}: {c.name} binds from unknown input '{b.input}'")
-        problems = self.ensemble.problems(set(names))
-        if problems:
-            raise ValueError(f"pipeline {self.name}: " + "; ".join(problems))
+        for part, key in self.name_params.items():
+            comp, _, param = key.partition(".")
+            if comp not in names or param not in {p.name for p in self.component(comp).params}:
+                raise ValueError(f"pipeline {self.name}: name part {part} names unknown parameter {key}")
+        for suffix, ensemble in {"": self.ensemble, **self.extra_ensembles}.items():
+            if suffix and not re.fullmatch(r"-[A-Za-z0-9_.-]+", suffix):
+                raise ValueError(f"pipeline {self.name}: ensemble suffix {suffix!r} must start with '-'")
+            problems = ensemble.problems(set(names))
+            if problems:
+                raise ValueError(f"pipeline {self.name}{suffix}: " + "; ".join(problems))
         return self
 
     def component(self, name: str) -> Component:

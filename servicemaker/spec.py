@@ -64,9 +64,18 @@ class PipelineSpec(_Model):
     ensemble: Ensemble
     inputs: list[InputSpec]
     provenance: Provenance
+    #: the pipeline's other ensembles by model-name suffix (speech synthesis: ``-streaming``); absent when none
+    ensembles: dict[str, Ensemble] = {}
 
     def to_metadata(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if not self.ensembles:
+            del data["ensembles"]  # RMIRs of pipelines with one ensemble read the same as before it existed
+        return data
+
+    def entry_ensembles(self) -> dict[str, Ensemble]:
+        """Every ensemble by its key in the deploy's plans (``ensemble``, ``ensemble-streaming``)."""
+        return {"ensemble": self.ensemble, **{f"ensemble{suffix}": e for suffix, e in self.ensembles.items()}}
 
 
 def not_plain(value: Any, path: str = "") -> str | None:

@@ -426,7 +426,7 @@ def _capture_network_state(monkeypatch) -> list:
     seen: list = []
 
     def render(d, real=deploy_mod.render_configs):
-        seen.append([(r.signature, dict(r.job.state), r.job.graph_path) for r in d.rmirs])
+        seen.append([(n.signature, dict(n.job.state), n.job.graph_path) for r in d.rmirs for n in r.networks.values()])
         return real(d)
 
     monkeypatch.setattr(deploy_mod, "STEPS", [(n, render if n == "render_configs" else f)

@@ -3,6 +3,7 @@ writes, and exports that do not fit, each refused with one message naming the mi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,9 @@ def test_streaming_repository(tmp_path):
     assert front.sequence_batching.HasField("oldest")
     assert [c.name for c in front.sequence_batching.control_input] == ["START", "READY", "END", "CORRID"]
     params = {k: v.string_value for k, v in front.parameters.items()}
-    assert params["network_model"] == "riva-onnx-asr-am-streaming" and params["chunk_size"] == "0.16"
+    assert json.loads(params["network_models"]) == {"nn": {"model": "riva-onnx-asr-am-streaming", "batched": True,
+                                                           "outputs": ["logprobs", "encoded_lengths"]}}
+    assert params["chunk_size"] == "0.16"
     assert config(repo, "asr-ctc-decoder-cpu-streaming").HasField("sequence_batching")
     ensemble = config(repo, "asr")
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
@@ -138,7 +141,9 @@ def test_a_chunk_off_the_frame_grid_is_refused(tmp_path):
 
 
 def test_a_tts_export_is_not_a_speech_recognition_model(tmp_path):
-    fastpitch, _ = models.tiny_tts_exports(tmp_path / "fp.riva", tmp_path / "hg.riva")
+    from servicemaker.samples import tts
+
+    fastpitch, _ = tts.tts_exports(tmp_path / "fp.riva", tmp_path / "hg.riva")
     with pytest.raises(ValidationError) as err:
         rmir(tmp_path, fastpitch)
     assert "FastPitchModel" in str(err.value) + " ".join(err.value.violations)

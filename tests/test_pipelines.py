@@ -24,9 +24,12 @@ def test_every_module_is_registered():
 def test_pipeline_is_consistent(name):
     p = REGISTRY[name]
     assert p.name == name
-    assert p.ensemble.problems({c.name for c in p.components}) == []
-    # a component outside the ensemble's steps must be a network another model runs (a streaming front end)
-    outside = {c.name for c in p.components} - {s.component for s in p.ensemble.steps}
+    ensembles = [p.ensemble, *p.extra_ensembles.values()]
+    for ensemble in ensembles:
+        assert ensemble.problems({c.name for c in p.components}) == []
+    # a component outside every ensemble's steps must be a network another model runs (a streaming front end, a
+    # synthesizer)
+    outside = {c.name for c in p.components} - {s.component for e in ensembles for s in e.steps}
     assert all(p.component(c).kind == "network" for c in outside)
     assert sum(c.kind == "network" for c in p.components) >= 1
     for c in p.components:

@@ -27,9 +27,10 @@ from servicemaker.build import Reporter, SilentReporter, sha256_file
 from servicemaker import objstore
 from servicemaker.deploy import cache, layout, tensorrt
 from servicemaker.deploy.config import EnsembleStep, ModelConfigSpec, TensorSpec, check_ensemble, render
-from servicemaker.deploy.networks import (_family, _job, _nn_params, _safe_dest, check_graphs, lookup_cache,
-                                         prepare_networks)
-from servicemaker.deploy.state import DeployOptions, DeployResult, ModelPlan, RmirPlan, StepResult, _Deploy
+from servicemaker.deploy.networks import (_family, _job, _network_params, _safe_dest, check_graphs,
+                                         check_overrides_apply, jobs, lookup_cache, prepare_networks)
+from servicemaker.deploy.state import (ENSEMBLE, DeployOptions, DeployResult, ModelPlan, NetworkPlan, RmirPlan,
+                                       StepResult, _Deploy, is_ensemble)
 from servicemaker.deploy.staging import Staging, sweep
 from servicemaker.deploy.status import STATUS_FILE, write_status
 from servicemaker.eff import onnx_tar
@@ -115,9 +116,13 @@ def read_rmirs(d: _Deploy) -> dict[str, Any]:
         if missing:
             raise NotFoundError(f"{arg.shown} lacks artifacts its pipeline spec names: {'; '.join(missing)}",
                                 hint="the RMIR is damaged or was edited; rebuild it with svc-build")
-        d.rmirs.append(RmirPlan(arg=arg, reader=reader, spec=spec, pipeline=pipeline, sha256=digest, size=size))
-        if spec.components.get("nn") is not None:
-            _nn_params(d, d.rmirs[-1])  # a bad --nn.* override fails here, before anything is extracted
+        networks = {c: NetworkPlan(c) for c, cs in spec.components.items() if cs.kind == "network"}
+        d.rmirs.append(RmirPlan(arg=arg, reader=reader, spec=spec, pipeline=pipeline, sha256=digest, size=size,
+                                networks=networks))
+    check_overrides_apply(d)  # a bad --<network>.* override fails here, before anything is extracted
+    for rmir in d.rmirs:
+        for comp in rmir.networks:
+            _network_params(d, rmir, comp)
     return {"rmirs": [{"file": r.arg.path.name, "sha256": r.sha256, "pipeline": r.spec.pipeline,
                        "name": r.spec.name} for r in d.rmirs]}
 
@@ -127,8 +132,8 @@ def _model_name(comp: ComponentSpec, target: str) -> str:
 
 
 def _fingerprint(rmir: RmirPlan, comp: str, target: str) -> str:
-    if comp == "ensemble":
-        payload: Any = [rmir.sha256, "ensemble"]
+    if is_ensemble(comp):
+        payload: Any = [rmir.sha256, comp]
     else:
         cs = rmir.spec.components[comp]
         payload = [cs.kind, rmir.pipeline.component(comp).handler, cs.params,
@@ -136,8 +141,10 @@ def _fingerprint(rmir: RmirPlan, comp: str, target: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sequence_steps(rmir: RmirPlan) -> list[str]:
-    return [c for c, cs in rmir.spec.components.items() if cs.kind != "network" and _handler(rmir, c).SEQUENCE]
+def _streaming_steps(rmir: RmirPlan) -> list[str]:
+    """Components behind Triton's sequence batcher or decoupled (they cannot run as steps of one fused model)."""
+    return [c for c, cs in rmir.spec.components.items()
+            if cs.kind != "network" and (_handler(rmir, c).SEQUENCE or _handler(rmir, c).DECOUPLED)]
 
 
 def plan_models(d: _Deploy) -> dict[str, Any]:
@@ -146,10 +153,10 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
     repo = d.opts.repo
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"{repo} exists and is not a folder", hint="give a model repository folder")
-    layout.check(d, _sequence_steps)
+    layout.check(d, _streaming_steps)
     for rmir in d.rmirs:
         names = {c: _model_name(cs, d.target) for c, cs in rmir.spec.components.items()}
-        names["ensemble"] = rmir.spec.name
+        names.update({key: rmir.spec.name + key[len(ENSEMBLE):] for key in rmir.spec.entry_ensembles()})
         if layout.fused(d):
             _plan_fused(d, rmir, names)
             continue
@@ -176,8 +183,8 @@ def plan_models(d: _Deploy) -> dict[str, Any]:
 def _plan_fused(d: _Deploy, rmir: RmirPlan, names: dict[str, str]) -> None:
     """One model under the pipeline's name; its components are planned (the network step stages their files) but
     are steps of that model, not models of the repository."""
-    name = names["ensemble"]
-    plan = ModelPlan(name=name, rmir=rmir, component="ensemble",
+    name = names[ENSEMBLE]
+    plan = ModelPlan(name=name, rmir=rmir, component=ENSEMBLE,
                      fingerprint=hashlib.sha256(json.dumps([rmir.sha256, "fused", d.target]).encode()).hexdigest())
     other = d.models.get(name)
     if other is not None and other.fingerprint != plan.fingerprint:
@@ -186,8 +193,8 @@ def _plan_fused(d: _Deploy, rmir: RmirPlan, names: dict[str, str]) -> None:
     if (d.opts.repo / name).exists():
         plan.action = "replace" if d.opts.force else "keep"
     rmir.models = {comp: ModelPlan(name=n, rmir=rmir, component=comp, action=plan.action)
-                   for comp, n in names.items() if comp != "ensemble"}
-    rmir.models["ensemble"] = d.models[name] = other or plan
+                   for comp, n in names.items() if not is_ensemble(comp)}
+    rmir.models[ENSEMBLE] = d.models[name] = other or plan
     left = layout.members_left(d, rmir)
     if left and plan.action != "keep":
         d.rep.warn(f"{name} is now one fused model; the ensemble layout's models {', '.join(left)} stay in the "
@@ -204,8 +211,9 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
             plan = rmir.models[comp]
             if plan.action == "keep" and cs.kind != "network":
                 continue
+            net = rmir.networks.get(comp)
             for role, ref in cs.artifacts.items():
-                if cs.kind == "network" and (role not in ("graph", "calibration_data", "gate_data") or rmir.hit):
+                if net is not None and (role not in ("graph", "calibration_data", "gate_data") or net.hit):
                     continue  # the model config and LM config were checked by svc-build; Triton needs the graph
                 d.rep.step(f"Extracting {ref.name}")
                 if ref.source.endswith(".onnx.tar"):
@@ -220,10 +228,10 @@ def extract_artifacts(d: _Deploy) -> dict[str, Any]:
                     if digest_of(rmir.reader.artifacts[ref.name]) != ref.sha256:
                         raise ValidationError(f"{rmir.arg.shown}: artifact {ref.name} does not match the sha256 its "
                                               "pipeline spec records", hint="the RMIR was altered; rebuild it")
-                if cs.kind == "network" and role == "graph":
-                    rmir.graph_path = path
-                elif cs.kind == "network":
-                    rmir.sample_paths[role] = path
+                if net is not None and role == "graph":
+                    net.graph_path = path
+                elif net is not None:
+                    net.sample_paths[role] = path
                 else:
                     plan.files[_safe_dest(ref.source, role)] = path
                 count += 1
@@ -250,12 +258,18 @@ def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
                                   instance_count=int(params["instance_group_count"]),
                                   queue_delay_us=int(params["max_queue_delay_microseconds"]))
     if cs.kind == "network":
-        assert rmir.signature is not None
-        ins = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.inputs]
-        outs = [TensorSpec(t.name, t.data_type, t.triton_dims) for t in rmir.signature.outputs]
-        comment = f"{rmir.spec.pipeline} network from {rmir.arg.path.name}, target {d.target}"
+        sig, job = rmir.networks[comp].signature, _job(d, rmir, comp)
+        assert sig is not None
+        if not _family(rmir).network_batched(job):  # no batch axis: Triton sends each request as it came
+            shared["max_batch_size"], shared["queue_delay_us"] = 0, None
+        dims = (lambda t: t.triton_dims) if shared["max_batch_size"] else (lambda t: tuple(
+            d if isinstance(d, int) else -1 for d in t.shape))
+        ins = [TensorSpec(t.name, t.data_type, dims(t)) for t in sig.inputs]
+        outs = [TensorSpec(t.name, t.data_type, dims(t)) for t in sig.outputs]
+        label = "network" if len(rmir.networks) == 1 else f"{comp} network"
+        comment = f"{rmir.spec.pipeline} {label} from {rmir.arg.path.name}, target {d.target}"
         if d.target == "onnxruntime-python":
-            handler = _family(rmir).network_handler(_job(d, rmir))
+            handler = _family(rmir).network_handler(job)
             ragged = _runtime(rmir).HANDLERS[handler].RAGGED
             ins = [TensorSpec(t.name, t.data_type, t.dims, ragged=t.name in ragged) for t in ins]
             return ModelConfigSpec(template="python", inputs=ins, outputs=outs, comment=comment,
@@ -269,22 +283,23 @@ def _spec_for(d: _Deploy, rmir: RmirPlan, comp: str) -> ModelConfigSpec:
             parameters[key] = str(value).lower() if isinstance(value, bool) else str(value)
     for role, ref in cs.artifacts.items():
         parameters[role] = _safe_dest(ref.source, role)
-    parameters.update(_family(rmir).model_params(_job(d, rmir), comp))
+    parameters.update(_family(rmir).model_params(jobs(d, rmir), comp))
     sequence = handler_cls.SEQUENCE
     return ModelConfigSpec(
         template="python", comment=f"{rmir.spec.pipeline} {comp}: {component.help}",
-        inputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler_cls.INPUTS],
+        inputs=[TensorSpec(n, t, tuple(dims), optional=n in handler_cls.OPTIONAL) for n, t, dims in handler_cls.INPUTS],
         outputs=[TensorSpec(n, t, tuple(dims)) for n, t, dims in handler_cls.OUTPUTS],
         sequence_idle_us=int(float(params.get("idle_timeout_s", 60)) * 1_000_000) if sequence else None,
-        parameters=parameters, **shared)
+        decoupled=handler_cls.DECOUPLED, parameters=parameters, **shared)
 
 
-def _ensemble_spec(rmir: RmirPlan) -> ModelConfigSpec:
+def _ensemble_spec(rmir: RmirPlan, key: str) -> ModelConfigSpec:
     steps = [EnsembleStep(model_name=rmir.models[step.component].name, input_map=inputs,
-                          output_map=dict(step.outputs)) for step, inputs in layout.wired_steps(rmir)]
-    batch = min(int(cs.params["max_batch_size"]) for cs in rmir.spec.components.values())
-    inputs, outputs = layout.ensemble_tensors(rmir)
-    return ModelConfigSpec(name=rmir.spec.name, template="ensemble", max_batch_size=batch,
+                          output_map=dict(step.outputs)) for step, inputs in layout.wired_steps(rmir, key)]
+    used = {step.component for step in rmir.spec.entry_ensembles()[key].steps}
+    batch = min(int(rmir.spec.components[c].params["max_batch_size"]) for c in used)
+    inputs, outputs = layout.ensemble_tensors(rmir, key)
+    return ModelConfigSpec(name=rmir.models[key].name, template="ensemble", max_batch_size=batch,
                            comment=f"{rmir.spec.pipeline} ensemble from {rmir.arg.path.name}", inputs=inputs,
                            outputs=outputs, steps=steps)
 
@@ -296,21 +311,23 @@ def render_configs(d: _Deploy) -> dict[str, Any]:
             if plan.config is not None:
                 continue
             if layout.fused(d):
-                if comp == "ensemble":
+                if comp == ENSEMBLE:
                     plan.config = layout.fused_spec(rmir, lambda c, r=rmir: _spec_for(d, r, c))
                     plan.config_text, plan.parsed = render(plan.config)
-                    plan.report, plan.cache = rmir.models["nn"].report, rmir.models["nn"].cache
+                    network = rmir.models[next(iter(rmir.networks))]  # a fused pipeline has one network
+                    plan.report, plan.cache = network.report, network.cache
                 continue
-            plan.config = _ensemble_spec(rmir) if comp == "ensemble" else _spec_for(d, rmir, comp)
+            plan.config = _ensemble_spec(rmir, comp) if is_ensemble(comp) else _spec_for(d, rmir, comp)
             plan.config_text, plan.parsed = render(plan.config)
         if layout.fused(d):
             continue
         # Kept models are checked too: a kept model that no longer fits is reported, not silently wired in.
-        members = {m.name: m.parsed for c, m in rmir.models.items() if c != "ensemble"}
-        problems = check_ensemble(rmir.models["ensemble"].parsed, members)
-        if problems:
-            raise ValidationError(f"the {rmir.spec.name} ensemble would not load in Triton", problems,
-                                  hint="this is a bug in servicemaker or the pipeline definition; report it")
+        members = {m.name: m.parsed for m in rmir.members().values()}
+        for key in rmir.spec.entry_ensembles():
+            problems = check_ensemble(rmir.models[key].parsed, members)
+            if problems:
+                raise ValidationError(f"the {rmir.models[key].name} ensemble would not load in Triton", problems,
+                                      hint="this is a bug in servicemaker or the pipeline definition; report it")
     return {"configs": len([m for m in d.models.values() if m.action != "keep"])}
 
 
@@ -325,6 +342,9 @@ def write_models(d: _Deploy) -> dict[str, Any]:
             (folder / "model.py").write_text(glue.read_text(encoding="utf-8"), encoding="utf-8")
             shutil.copyfile(common.__file__, folder / COMMON_FILE)
             shutil.copyfile(_runtime(plan.rmir).__file__, folder / HANDLER_FILE)
+            for name in _family(plan.rmir).runtime_support:  # modules the handlers import, as svc_<name>.py
+                module = importlib.import_module(f"servicemaker.runtime.{name}")
+                shutil.copyfile(module.__file__, folder / f"svc_{name}.py")
         if plan.config.parameters.get("handler") == layout.CHAIN_HANDLER:
             layout.write_members(d, plan, folder)
         for dest, src in plan.files.items():
@@ -341,10 +361,10 @@ def _requirements(d: _Deploy) -> list[str]:
         if plan.config is not None and plan.config.template == "python":
             family = _family(plan.rmir)
             handler = plan.config.parameters.get("handler", "")
-            handlers = [s["handler"] for s in json.loads(plan.config.parameters[layout.CHAIN_PARAM])] \
-                if handler == layout.CHAIN_HANDLER else [handler]
-            for name in handlers:
-                needed.update(family.requirements_for(name))
+            steps = [(s["handler"], s["params"]) for s in json.loads(plan.config.parameters[layout.CHAIN_PARAM])] \
+                if handler == layout.CHAIN_HANDLER else [(handler, plan.config.parameters)]
+            for name, params in steps:
+                needed.update(family.requirements_for(name, params))
     return sorted(needed)
 
 

@@ -31,6 +31,7 @@ class TensorSpec:
     data_type: str
     dims: tuple[int, ...]              # without the batch axis; () for a [batch] tensor (rendered [1], reshaped)
     ragged: bool = False               # allow_ragged_batch: requests of different lengths share a batch
+    optional: bool = False             # a request may leave this input out
 
     def __post_init__(self) -> None:
         if self.data_type not in DATA_TYPES:
@@ -63,6 +64,8 @@ class ModelConfigSpec:
     #: Triton's sequence batcher (oldest strategy, START/READY/END/CORRID controls) instead of the dynamic one;
     #: the idle timeout in microseconds
     sequence_idle_us: int | None = None
+    #: Triton's decoupled transaction policy: the model answers a request with any number of responses
+    decoupled: bool = False
 
     def context(self) -> dict[str, Any]:
         return {"m": {**self.__dict__, "template": f"{self.template}.pbtxt.j2", "tool_version": __version__}}
@@ -142,9 +145,11 @@ def _mismatches(spec: ModelConfigSpec, parsed: Any) -> list[str]:
     if parsed.max_batch_size != spec.max_batch_size:
         out.append("max_batch_size")
     for kind, want, got in (("input", spec.inputs, parsed.input), ("output", spec.outputs, parsed.output)):
-        have = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
-        if have != [(t.name, t.data_type, tuple(t.dims) or (1,)) for t in want]:
+        have = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims), getattr(t, "optional", False)) for t in got]
+        if have != [(t.name, t.data_type, tuple(t.dims) or (1,), t.optional) for t in want]:
             out.append(f"{kind} tensors")
+    if parsed.model_transaction_policy.decoupled != spec.decoupled:
+        out.append("transaction policy")
     if {k: v.string_value for k, v in parsed.parameters.items()} != spec.parameters:
         out.append("parameters")
     return out

@@ -5,7 +5,8 @@
 - ``fused``: one Python-backend model, named by the pipeline and with the ensemble's inputs and outputs, running the
   same handlers in-process in the ensemble's order (:class:`servicemaker.runtime.common.Chain`): no hop between
   models, and every request of a Triton batch goes through each step at once. Only where every step can run in the
-  Python backend: the ``onnxruntime-python`` target, pipelines without a sequence (streaming) step.
+  Python backend: the ``onnxruntime-python`` target, pipelines of one ensemble whose networks are its steps
+  (not called by another model) and without a sequence (streaming) or decoupled step.
 
 The client contract — the model's name, its input and output tensors — is the same in both.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from servicemaker.deploy.config import ModelConfigSpec, TensorSpec
-from servicemaker.deploy.state import ModelPlan, RmirPlan, _Deploy
+from servicemaker.deploy.state import ENSEMBLE, ModelPlan, RmirPlan, _Deploy
 from servicemaker.errors import UsageError
 from servicemaker.pipeline import Step
 
@@ -32,7 +33,7 @@ CHAIN_HANDLER = "chain"
 
 def check(d: _Deploy, sequence: Callable[[RmirPlan], list[str]]) -> None:
     """Refuse ``--serving=fused`` where it cannot run, before any compile work. ``sequence(rmir)`` names the
-    components of that pipeline that need Triton's sequence batcher."""
+    components of that pipeline that need Triton's sequence batcher or its decoupled transaction policy."""
     if d.opts.serving not in LAYOUTS:
         raise UsageError(f"--serving={d.opts.serving}: expected one of {', '.join(LAYOUTS)}")
     if d.opts.serving != "fused":
@@ -45,26 +46,37 @@ def check(d: _Deploy, sequence: Callable[[RmirPlan], list[str]]) -> None:
         streaming = sequence(rmir)
         if streaming:
             raise UsageError(f"--serving=fused cannot serve {rmir.spec.name} ({rmir.spec.pipeline}): its "
-                             f"{', '.join(streaming)} keeps per-stream state behind Triton's sequence batcher",
+                             f"{', '.join(streaming)} streams (Triton's sequence batcher or decoupled responses)",
                              hint="deploy this RMIR with --serving=ensemble")
+        stepped = {step.component for step in rmir.spec.ensemble.steps}
+        called = [c for c in rmir.networks if c not in stepped]
+        if called or rmir.spec.ensembles:
+            raise UsageError(f"--serving=fused cannot serve {rmir.spec.name} ({rmir.spec.pipeline}): "
+                             + (f"its {', '.join(called)} run as models another model calls" if called
+                                else "it has several ensembles"), hint="deploy this RMIR with --serving=ensemble")
 
 
 def fused(d: _Deploy) -> bool:
     return d.opts.serving == "fused"
 
 
-def wired_steps(rmir: RmirPlan) -> list[tuple[Step, dict[str, str]]]:
-    """The pipeline's steps in order, each with its input map (the network's: only the inputs its graph has)."""
-    assert rmir.signature is not None
-    graph_inputs = {t.name for t in rmir.signature.inputs}
-    return [(step, {k: v for k, v in step.inputs.items() if step.component != "nn" or k in graph_inputs})
-            for step in rmir.spec.ensemble.steps]
+def wired_steps(rmir: RmirPlan, key: str = ENSEMBLE) -> list[tuple[Step, dict[str, str]]]:
+    """The steps of ensemble ``key`` in order, each with its input map (a network's: only the inputs its graph
+    has)."""
+    def graph_inputs(comp: str) -> set[str]:
+        sig = rmir.networks[comp].signature
+        assert sig is not None
+        return {t.name for t in sig.inputs}
+
+    return [(step, {k: v for k, v in step.inputs.items()
+                    if step.component not in rmir.networks or k in graph_inputs(step.component)})
+            for step in rmir.spec.entry_ensembles()[key].steps]
 
 
-def ensemble_tensors(rmir: RmirPlan) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The client contract: the pipeline's input and output tensors."""
-    ens = rmir.spec.ensemble
-    return ([TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.inputs],
+def ensemble_tensors(rmir: RmirPlan, key: str = ENSEMBLE) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The client contract: the input and output tensors of ensemble ``key``."""
+    ens = rmir.spec.entry_ensembles()[key]
+    return ([TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims, optional=t.optional) for t in ens.inputs],
             [TensorSpec(t.name, f"TYPE_{t.dtype}", t.dims) for t in ens.outputs])
 
 
@@ -110,5 +122,5 @@ def write_members(d: _Deploy, plan: ModelPlan, folder: Path) -> None:
 
 def members_left(d: _Deploy, rmir: RmirPlan) -> list[str]:
     """Models of the ensemble layout this RMIR wrote before that a fused deploy leaves in the repository."""
-    return sorted(m.name for c, m in rmir.models.items() if c != "ensemble" and (d.opts.repo / m.name).exists())
+    return sorted(m.name for m in rmir.members().values() if (d.opts.repo / m.name).exists())
 

@@ -21,14 +21,15 @@ from typing import Any
 from servicemaker import __version__
 from servicemaker.deploy import accuracy, cache, optimize, tensorrt
 from servicemaker.deploy import graph as graphs
-from servicemaker.deploy.state import ModelPlan, RmirPlan, _Deploy
+from servicemaker.deploy.state import ModelPlan, NetworkPlan, RmirPlan, _Deploy
 from servicemaker.eff.codecs import encryption_of
 from servicemaker.errors import UsageError
 from servicemaker.family import Family, NetworkJob
 from servicemaker.pipeline import check_overrides
 from servicemaker.pipelines import get_family
 
-#: ``nn`` parameters svc-deploy may override (``--nn.<param>=VALUE``): the optimizing compiler's options
+#: network parameters svc-deploy may override (``--<network>.<param>=VALUE``: ``--nn.precision``,
+#: ``--vocoder.precision``): the optimizing compiler's options
 COMPILER_PARAMS = ("precision", "fuse", "fusion_ops", "sparsity", "calibration_method", "accuracy_tolerance",
                    "max_workspace_size")
 #: component parameters that only tell Triton how to serve a model: they never change the compiled network
@@ -48,37 +49,53 @@ def _family(rmir: RmirPlan) -> Family:
     return get_family(rmir.pipeline)
 
 
-def _nn_params(d: _Deploy, rmir: RmirPlan) -> dict[str, Any]:
-    """The nn component's parameters as recorded at svc-build, with svc-deploy's overrides applied."""
-    params = dict(rmir.spec.components["nn"].params)
-    if d.opts.overrides:
-        bad = [k for k in d.opts.overrides if not k.startswith("nn.") or k[3:] not in COMPILER_PARAMS]
-        if bad:
-            raise UsageError(f"svc-deploy cannot override {', '.join('--' + k for k in bad)}",
-                             hint="svc-deploy takes " + ", ".join(f"--nn.{p}" for p in COMPILER_PARAMS)
-                                  + "; other parameters are set at svc-build")
-        for (_, name), value in check_overrides(rmir.pipeline, d.opts.overrides).items():
-            params[name] = value
+def check_overrides_apply(d: _Deploy) -> None:
+    """svc-deploy's ``--<network>.<param>`` overrides: compiler options of a network component of some RMIR."""
+    if not d.opts.overrides:
+        return
+    networks = {c for rmir in d.rmirs for c in rmir.networks}
+    bad = [k for k in d.opts.overrides
+           if k.partition(".")[0] not in networks or k.partition(".")[2] not in COMPILER_PARAMS]
+    if bad:
+        names = sorted(networks) or ["nn"]
+        raise UsageError(f"svc-deploy cannot override {', '.join('--' + k for k in bad)}",
+                         hint="svc-deploy takes " + ", ".join(f"--{n}.{p}" for n in names for p in COMPILER_PARAMS)
+                              + "; other parameters are set at svc-build")
+
+
+def _network_params(d: _Deploy, rmir: RmirPlan, comp: str) -> dict[str, Any]:
+    """Network ``comp``'s parameters as recorded at svc-build, with svc-deploy's overrides of it applied."""
+    params = dict(rmir.spec.components[comp].params)
+    mine = {k: v for k, v in d.opts.overrides.items() if k.partition(".")[0] == comp}
+    for (_, name), value in check_overrides(rmir.pipeline, mine).items():
+        params[name] = value
     return params
 
 
-def _job(d: _Deploy, rmir: RmirPlan) -> NetworkJob:
-    """The network as the family's hooks see it (made once per RMIR; its staged files are those extracted so far:
-    none before ``extract_artifacts``, and no graph on a compile cache hit)."""
-    if rmir.job is None:
-        rmir.job = NetworkJob(
-            where=f"{rmir.arg.shown}: graph {rmir.spec.components['nn'].artifacts['graph'].source}",
-            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=None, target=d.target, params=_nn_params(d, rmir),
-            files={}, model_names={comp: plan.name for comp, plan in rmir.models.items()})
-    job = rmir.job
-    job.graph_path = rmir.graph_path
-    job.calibration_path = rmir.sample_paths.get("calibration_data")
-    job.gate_path = rmir.sample_paths.get("gate_data")
-    job.files = {comp: {role: plan.files[_safe_dest(ref.source, role)]
-                        for role, ref in rmir.spec.components[comp].artifacts.items()
-                        if _safe_dest(ref.source, role) in plan.files}
-                 for comp, plan in rmir.models.items() if comp != "ensemble"}
+def _job(d: _Deploy, rmir: RmirPlan, comp: str) -> NetworkJob:
+    """Network ``comp`` as the family's hooks see it (made once; its staged files are those extracted so far: none
+    before ``extract_artifacts``, and no graph on a compile cache hit)."""
+    net = rmir.networks[comp]
+    if net.job is None:
+        net.job = NetworkJob(
+            where=f"{rmir.arg.shown}: graph {rmir.spec.components[comp].artifacts['graph'].source}",
+            spec=rmir.spec, pipeline=rmir.pipeline, graph_path=None, target=d.target,
+            params=_network_params(d, rmir, comp), files={},
+            model_names={c: plan.name for c, plan in rmir.models.items()}, component=comp)
+    job = net.job
+    job.graph_path = net.graph_path
+    job.calibration_path = net.sample_paths.get("calibration_data")
+    job.gate_path = net.sample_paths.get("gate_data")
+    job.files = {c: {role: plan.files[_safe_dest(ref.source, role)]
+                     for role, ref in rmir.spec.components[c].artifacts.items()
+                     if _safe_dest(ref.source, role) in plan.files}
+                 for c, plan in rmir.members().items()}
     return job
+
+
+def jobs(d: _Deploy, rmir: RmirPlan) -> dict[str, NetworkJob]:
+    """Every network of ``rmir`` as the family's hooks see it, by component."""
+    return {comp: _job(d, rmir, comp) for comp in rmir.networks}
 
 
 def check_graphs(d: _Deploy) -> dict[str, Any]:
@@ -86,17 +103,20 @@ def check_graphs(d: _Deploy) -> dict[str, Any]:
     was checked when it was compiled (the key covers every artifact and parameter): its signature came with it."""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
-        job = _job(d, rmir)
-        if not rmir.hit:
-            assert job.graph_path is not None
-            model = graphs.load(job.graph_path)
-            rmir.signature = job.signature = _family(rmir).check_graph(job, model)
-            del model
-        sig = rmir.signature
-        assert sig is not None
-        out[rmir.spec.name] = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
-        if rmir.hit:
-            out[rmir.spec.name]["from"] = "compile cache"
+        for comp, net in rmir.networks.items():
+            job = _job(d, rmir, comp)
+            if not net.hit:
+                assert job.graph_path is not None
+                model = graphs.load(job.graph_path)
+                net.signature = job.signature = _family(rmir).check_graph(job, model)
+                del model
+            sig = net.signature
+            assert sig is not None
+            entry = {"inputs": [t.name for t in sig.inputs], "outputs": [t.name for t in sig.outputs]}
+            if net.hit:
+                entry["from"] = "compile cache"
+            # one network per RMIR reads as before: by the pipeline's name
+            out[rmir.spec.name if len(rmir.networks) == 1 else f"{rmir.spec.name}:{comp}"] = entry
     return out
 
 
@@ -160,16 +180,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def key_inputs(d: _Deploy, rmir: RmirPlan, opts: optimize.CompileOptions,
+def key_inputs(d: _Deploy, rmir: RmirPlan, comp: str, opts: optimize.CompileOptions,
                settings: tensorrt.EngineSettings | None) -> dict[str, Any]:
-    """Everything that determines a network's compiled output: every component's parameters (serving-only ones
-    aside; the nn component's with svc-deploy's overrides) and artifact digests (the graph, calibration data, and
-    what the family's sample feeds, gate and profile read: vocabularies, featurizer settings, ...), the compiler
-    options, the target, the engine settings and builder, and the versions of the code that compiles. Not the
-    RMIR's file name, model or ensemble names, the repository, -f, or how the key was given."""
+    """Everything that determines network ``comp``'s compiled output: every component's parameters (serving-only
+    ones aside; the network's own with svc-deploy's overrides) and artifact digests (the graph, calibration data,
+    and what the family's sample feeds, gate and profile read: vocabularies, featurizer settings, ...), which
+    network, the compiler options, the target, the engine settings and builder, and the versions of the code that
+    compiles. Not the RMIR's file name, model or ensemble names, the repository, -f, or how the key was given."""
     components = {}
     for name, cs in rmir.spec.components.items():
-        params = _job(d, rmir).params if name == "nn" else cs.params
+        params = _job(d, rmir, comp).params if name == comp else cs.params
         components[name] = {
             "kind": cs.kind, "handler": rmir.pipeline.component(name).handler,
             # a parameter naming a bound file is covered by that artifact's digest
@@ -177,6 +197,8 @@ def key_inputs(d: _Deploy, rmir: RmirPlan, opts: optimize.CompileOptions,
             "artifacts": {role: ref.sha256 for role, ref in cs.artifacts.items()}}
     inputs: dict[str, Any] = {"pipeline": rmir.spec.pipeline, "target": d.target, "components": components,
                               "compile": dataclasses.asdict(opts), "versions": _versions()}
+    if comp != "nn":  # the key of a pipeline's one network (nn) reads as before networks were named in it
+        inputs["network"] = comp
     if settings is not None:
         engine = dataclasses.asdict(settings)
         engine.pop("timing_cache")  # speeds the build up; the engine does not depend on it
@@ -248,14 +270,18 @@ def _compile_options(d: _Deploy, job: NetworkJob, family: Family) -> optimize.Co
         allow_accuracy_drop=d.opts.allow_accuracy_drop, int8_exclude=family.int8_exclude(job))
 
 
-def _compile(d: _Deploy, rmir: RmirPlan, plan: ModelPlan, opts: optimize.CompileOptions,
+def _compile(d: _Deploy, rmir: RmirPlan, comp: str, plan: ModelPlan, opts: optimize.CompileOptions,
              settings: tensorrt.EngineSettings | None, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compile the network into ``folder``; the optimization report and the step's figures."""
-    job, family = _job(d, rmir), _family(rmir)
+    """Compile network ``comp`` into ``folder``; the optimization report and the step's figures."""
+    job, family = _job(d, rmir, comp), _family(rmir)
+    work = d.work(rmir) / comp
     precision = str(job.params.get("precision", "fp16"))
     # Loaded again rather than kept from check_graphs: only one graph is in memory at a time.
     with d.rep.activity(f"Folding constants of {plan.name}"):
-        folded = family.network_graph(job, graphs.fold_constants(graphs.load(job.graph_path)))
+        loaded = graphs.load(job.graph_path)
+        repaired = graphs.remove_optionals(loaded)
+        folded = family.network_graph(job, graphs.fold_constants(loaded))
+        del loaded
     feeds = family.sample_feeds(job)
     samples = feeds.gate
 
@@ -264,15 +290,22 @@ def _compile(d: _Deploy, rmir: RmirPlan, plan: ModelPlan, opts: optimize.Compile
 
     try:
         compiled, report = optimize.compile_network(
-            folded, opts, feeds.calibration, samples, d.work(rmir) / "optimize", d.rep.activity, family_gate)
+            folded, opts, feeds.calibration, samples, work / "optimize", d.rep.activity, family_gate)
     except optimize.AccuracyError as err:
         raise optimize.AccuracyError(f"{plan.name}: {err.message}", hint=err.hint) from None
+    report.update(job.state.pop("report", {}))  # what the family's network_graph did to the graph
+    if repaired:
+        report["repaired"] = {"optionals_removed": repaired,
+                              "why": "the graph carried an always-given input as an ONNX optional, untyped (NeMo "
+                                     "3.0's ragged FastPitch export, NeMo issue 9104): ONNX Runtime, TensorRT and "
+                                     "onnx-graphsurgeon refuse it"}
     if precision == "int8":
         report["int8"]["calibration_data"] = feeds.source
     if precision == "fp16" and d.target != "tensorrt":
         report["note"] = "fp16 applies to TensorRT engines; the ONNX Runtime targets run FP32 here"
     if settings is not None:
-        onnx_path = d.work(rmir) / "model.onnx"
+        work.mkdir(parents=True, exist_ok=True)
+        onnx_path = work / "model.onnx"
         graphs.save(compiled, onnx_path)
         with d.rep.activity(f"Building TensorRT engine for {plan.name}"):
             engine = tensorrt.build_engine(onnx_path, folder / "model.plan", settings)
@@ -293,35 +326,40 @@ def lookup_cache(d: _Deploy) -> dict[str, Any]:
     (an entry whose stored signature or state is missing or malformed is dropped as corrupt, and compiled again)."""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
-        plan = rmir.models["nn"]
-        if plan.action == "keep" or d.cache is None:
-            continue
-        started = time.perf_counter()
-        job, family = _job(d, rmir), _family(rmir)
-        protection = _protection(rmir)
-        key = cache.compile_key(key_inputs(d, rmir, _compile_options(d, job, family),
-                                           _settings(d, job, family, profile=False)), protection)
-        restored: dict[str, Any] = {}
-
-        def check(meta: dict[str, Any], family: Family = family, job: NetworkJob = job) -> None:
-            network = meta.get("network")
-            if not isinstance(network, dict):
-                raise ValueError("no network signature and state")
-            restored.update(signature=_signature_from(network.get("signature")),
-                            state=family.restore_state(job, network.get("state")))
-
-        meta, source, corrupt = d.cache.lookup(key, d.staged(plan), protection, check)
-        if meta is None:
-            rmir.outcome = Outcome("rebuilt" if corrupt else "miss", key, protection=protection)
-        else:
-            d.rep.step(f"Reusing the compiled network of {plan.name} from the {source} compile cache")
-            rmir.outcome = Outcome("hit", key, store=source, detail=meta["detail"])
-            rmir.signature = job.signature = restored["signature"]
-            job.state.update(restored["state"])
-            plan.report = meta["report"]
-        rmir.outcome.seconds = time.perf_counter() - started
-        out[plan.name] = rmir.outcome.record()
+        for comp, net in rmir.networks.items():
+            plan = rmir.models[comp]
+            if plan.action == "keep" or d.cache is None:
+                continue
+            out[plan.name] = _lookup_one(d, rmir, comp, net, plan)
     return out
+
+
+def _lookup_one(d: _Deploy, rmir: RmirPlan, comp: str, net: NetworkPlan, plan: ModelPlan) -> dict[str, Any]:
+    started = time.perf_counter()
+    job, family = _job(d, rmir, comp), _family(rmir)
+    protection = _protection(rmir)
+    key = cache.compile_key(key_inputs(d, rmir, comp, _compile_options(d, job, family),
+                                       _settings(d, job, family, profile=False)), protection)
+    restored: dict[str, Any] = {}
+
+    def check(meta: dict[str, Any]) -> None:
+        network = meta.get("network")
+        if not isinstance(network, dict):
+            raise ValueError("no network signature and state")
+        restored.update(signature=_signature_from(network.get("signature")),
+                        state=family.restore_state(job, network.get("state")))
+
+    meta, source, corrupt = d.cache.lookup(key, d.staged(plan), protection, check)
+    if meta is None:
+        net.outcome = Outcome("rebuilt" if corrupt else "miss", key, protection=protection)
+    else:
+        d.rep.step(f"Reusing the compiled network of {plan.name} from the {source} compile cache")
+        net.outcome = Outcome("hit", key, store=source, detail=meta["detail"])
+        net.signature = job.signature = restored["signature"]
+        job.state.update(restored["state"])
+        plan.report = meta["report"]
+    net.outcome.seconds = time.perf_counter() - started
+    return net.outcome.record()
 
 
 def prepare_networks(d: _Deploy) -> dict[str, Any]:
@@ -330,28 +368,29 @@ def prepare_networks(d: _Deploy) -> dict[str, Any]:
     had is in place already: ``lookup_cache``.)"""
     out: dict[str, Any] = {}
     for rmir in d.rmirs:
-        plan = rmir.models["nn"]
-        if plan.action == "keep":
-            continue
-        started = time.perf_counter()
-        outcome: Outcome = rmir.outcome or Outcome("off")
-        if outcome.status != "hit":
-            assert rmir.graph_path is not None and rmir.signature is not None
-            job, family = _job(d, rmir), _family(rmir)
-            opts = _compile_options(d, job, family)
-            settings = _settings(d, job, family)
-            folder = d.staged(plan)
-            plan.report, outcome.detail = _compile(d, rmir, plan, opts, settings, folder)
-            if d.cache is not None:
-                assert outcome.key is not None
-                files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
-                network = {"signature": _signature_record(rmir.signature), "state": family.saved_state(job)}
-                outcome.published = tuple(d.cache.publish(
-                    outcome.key, files, {"report": plan.report, "detail": outcome.detail, "network": network},
-                    outcome.protection))
-        plan.cache = outcome.record()
-        seconds = outcome.seconds + time.perf_counter() - started
-        out[plan.name] = {**outcome.detail, "cache": plan.cache, "seconds": round(seconds, 3)}
+        for comp, net in rmir.networks.items():
+            plan = rmir.models[comp]
+            if plan.action == "keep":
+                continue
+            started = time.perf_counter()
+            outcome: Outcome = net.outcome or Outcome("off")
+            if outcome.status != "hit":
+                assert net.graph_path is not None and net.signature is not None
+                job, family = _job(d, rmir, comp), _family(rmir)
+                opts = _compile_options(d, job, family)
+                settings = _settings(d, job, family)
+                folder = d.staged(plan)
+                plan.report, outcome.detail = _compile(d, rmir, comp, plan, opts, settings, folder)
+                if d.cache is not None:
+                    assert outcome.key is not None
+                    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+                    network = {"signature": _signature_record(net.signature), "state": family.saved_state(job)}
+                    outcome.published = tuple(d.cache.publish(
+                        outcome.key, files, {"report": plan.report, "detail": outcome.detail, "network": network},
+                        outcome.protection))
+            plan.cache = outcome.record()
+            seconds = outcome.seconds + time.perf_counter() - started
+            out[plan.name] = {**outcome.detail, "cache": plan.cache, "seconds": round(seconds, 3)}
     return out
 
 
@@ -392,4 +431,5 @@ def _engine_gate(d: _Deploy, plan: ModelPlan, original: Any, engine: Path, sampl
     return result
 
 
-__all__ = ["COMPILER_PARAMS", "check_graphs", "key_inputs", "lookup_cache", "prepare_networks"]
+__all__ = ["COMPILER_PARAMS", "check_graphs", "check_overrides_apply", "jobs", "key_inputs", "lookup_cache",
+           "prepare_networks"]

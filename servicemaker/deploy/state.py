@@ -57,7 +57,7 @@ class ModelPlan:
 
     name: str
     rmir: RmirPlan
-    component: str                    # component name, or "ensemble"
+    component: str                    # component name, or an ensemble key (``ensemble``, ``ensemble-streaming``)
     action: str = "write"             # write | replace | keep
     fingerprint: str = ""
     files: dict[str, Path] = field(default_factory=dict)   # version-folder file → staged source
@@ -69,14 +69,10 @@ class ModelPlan:
 
 
 @dataclass
-class RmirPlan:
-    arg: ArchiveArg
-    reader: EffReader
-    spec: PipelineSpec
-    pipeline: Pipeline
-    sha256: str
-    size: int
-    models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or "ensemble") → plan
+class NetworkPlan:
+    """One network component of an RMIR (NLP and ASR pipelines have one, ``nn``; speech synthesis two)."""
+
+    component: str
     signature: graphs.Signature | None = None
     graph_path: Path | None = None
     #: the network's staged sample files by role: ``calibration_data``, ``gate_data``
@@ -89,6 +85,32 @@ class RmirPlan:
     def hit(self) -> bool:
         """The network comes from the compile cache: its graph is neither extracted nor loaded."""
         return self.outcome is not None and self.outcome.status == "hit"
+
+
+#: the key of a pipeline's entry models in :attr:`RmirPlan.models`: ``ensemble``, and ``ensemble<suffix>`` for the
+#: pipeline's other ensembles (``ensemble-streaming``)
+ENSEMBLE = "ensemble"
+
+
+def is_ensemble(key: str) -> bool:
+    return key == ENSEMBLE or key.startswith(ENSEMBLE + "-")
+
+
+@dataclass
+class RmirPlan:
+    arg: ArchiveArg
+    reader: EffReader
+    spec: PipelineSpec
+    pipeline: Pipeline
+    sha256: str
+    size: int
+    models: dict[str, ModelPlan] = field(default_factory=dict)   # component (or an ensemble key) → plan
+    #: network component → its plan, in the pipeline's order
+    networks: dict[str, NetworkPlan] = field(default_factory=dict)
+
+    def members(self) -> dict[str, ModelPlan]:
+        """The component models (the ensembles aside)."""
+        return {c: m for c, m in self.models.items() if not is_ensemble(c)}
 
 
 @dataclass

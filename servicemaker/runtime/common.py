@@ -15,8 +15,12 @@ The protocol (see ``templates/python/model.py``):
   split back; when that call fails, each request of the group runs alone, so a bad request still fails alone.
 - Handlers with ``SEQUENCE = True`` sit behind Triton's sequence batcher: ``stream(events)`` gets each request
   with its correlation id and START/END flags, and keeps per-sequence state itself.
-- ``network``: set by the glue when the model's config names a ``network_model``: a callable running that Triton
-  model (business logic scripting) on a dict of arrays; tests set it to an in-process runner.
+- ``networks``: set by the glue from the model's ``network_models`` parameter: role → a callable running that
+  Triton model (business logic scripting) on a dict of arrays; ``network`` is the only one where there is one.
+  Tests set them to in-process runners.
+- Handlers with ``DECOUPLED = True`` (Triton's decoupled transaction policy) answer with a stream:
+  ``stream_batch(requests, send)`` calls ``send(i, outputs or exception, final)`` for request ``i`` as results are
+  ready, ending every request with ``final`` true.
 """
 
 from __future__ import annotations
@@ -98,11 +102,16 @@ class Handler:
     SEQUENCE = False
     #: inputs whose length may differ between the requests of one batch (``allow_ragged_batch``)
     RAGGED: Tuple[str, ...] = ()
+    #: inputs a request may leave out (``optional: true``)
+    OPTIONAL: Tuple[str, ...] = ()
+    #: True for handlers answering each request with a stream of responses (they implement :meth:`stream_batch`)
+    DECOUPLED = False
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         self.folder = folder
         self.params = params
         self.network: Optional[Callable[[Arrays], Arrays]] = None
+        self.networks: Dict[str, Callable[[Arrays], Arrays]] = {}
 
     def file(self, key: str) -> str:
         return os.path.join(self.folder, self.params[key])
@@ -121,6 +130,10 @@ class Handler:
         return out
 
     def stream(self, events: List[StreamEvent]) -> List[Result]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stream_batch(self, requests: List[Arrays],
+                     send: Callable[[int, Result, bool], None]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -195,6 +208,13 @@ class OnnxNetwork(Merged):
     def __call__(self, inputs: Arrays) -> Arrays:
         results = self.session.run(self.outputs, {name: inputs[name] for name in self.inputs})
         return dict(zip(self.outputs, results))
+
+
+class OnnxRequests(OnnxNetwork):
+    """``model.onnx`` for a graph without a batch axis (``max_batch_size: 0``, e.g. FastPitch's ragged export, whose
+    ``batch_lengths`` say where each sentence starts): every request runs alone, as it came."""
+
+    batch = Handler.batch
 
 
 class Chain(Handler):

@@ -8,8 +8,11 @@ protocol). Only the packages in the repository's requirements.txt are needed.
   an error fails only its own request.
 - Models behind the sequence batcher (handlers with ``SEQUENCE = True``) get each request with its correlation
   id and START/END flags (``stream``).
-- A ``network_model`` parameter gives the handler a callable that runs that Triton model (business logic
-  scripting), e.g. the acoustic model a streaming front end feeds.
+- A ``network_models`` parameter (JSON: role → model name, outputs, batched) gives the handler a callable per
+  Triton model it runs (business logic scripting), e.g. the acoustic model a streaming front end feeds
+  (``handler.network``, the only one) or the two networks of speech synthesis (``handler.networks[role]``).
+- Decoupled models (handlers with ``DECOUPLED = True``) answer each request with a stream of responses:
+  ``stream_batch`` calls ``send(i, outputs or error, final)`` as results are ready; every request gets a final one.
 """
 
 import json
@@ -35,15 +38,24 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.handler = svc_handlers.create(params.pop("handler"), HERE, params)
         self.inputs = [t["name"] for t in config["input"]]
+        self.optional = {t["name"] for t in config["input"] if t.get("optional")}
         self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
-        if params.get("network_model"):
-            self.handler.network = _network(params["network_model"], params.get("network_outputs", ""))
+        if params.get("network_models"):
+            specs = json.loads(params["network_models"])
+            self.handler.networks = {role: _network(spec["model"], spec["outputs"], spec["batched"])
+                                     for role, spec in specs.items()}
+            if len(specs) == 1:
+                self.handler.network = next(iter(self.handler.networks.values()))
 
     def execute(self, requests):
+        if getattr(self.handler, "DECOUPLED", False):
+            return self._stream(requests)
         arrays, results = [], {}
         for i, request in enumerate(requests):
             try:
-                arrays.append((i, {name: _input(request, name) for name in self.inputs}))
+                arrays.append((i, {name: _input(request, name) for name in self.inputs
+                                   if name not in self.optional or pb_utils.get_input_tensor_by_name(request, name)
+                                   is not None}))
             except Exception as err:  # noqa: BLE001 - a malformed request fails alone
                 results[i] = svc_common.detached(err)
         try:
@@ -61,6 +73,40 @@ class TritonPythonModel:
         answers = [svc_common.detached(a) if isinstance(a, Exception) else a for a in answers]
         results.update({i: answer for (i, _), answer in zip(arrays, answers)})
         return [self._response(results[i]) for i in range(len(requests))]
+
+    def _stream(self, requests):
+        """A decoupled model: every request's responses go out through its sender as the handler makes them."""
+        senders = [request.get_response_sender() for request in requests]
+        arrays, done = [], set()
+        for i, request in enumerate(requests):
+            try:
+                arrays.append((i, {name: _input(request, name) for name in self.inputs
+                                   if pb_utils.get_input_tensor_by_name(request, name) is not None
+                                   or name not in self.optional}))
+            except Exception as err:  # noqa: BLE001 - a malformed request fails alone
+                senders[i].send(_error(err), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                done.add(i)
+        index = [i for i, _ in arrays]
+
+        def send(k, result, final):
+            i = index[k]
+            if i in done:
+                return
+            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final or isinstance(result, Exception) else 0
+            response = self._response(svc_common.detached(result) if isinstance(result, Exception) else result)
+            senders[i].send(response, flags=flags)
+            if flags:
+                done.add(i)
+
+        try:
+            self.handler.stream_batch([a for _, a in arrays], send)
+        except Exception as err:  # noqa: BLE001 - a handler failing as a whole fails its open requests
+            for k in range(len(arrays)):
+                send(k, err, True)
+        for k in range(len(arrays)):  # every request ends with a final response
+            if index[k] not in done:
+                send(k, RuntimeError("the handler ended the stream without a final response"), True)
+        return None
 
     def _response(self, result):
         if isinstance(result, Exception):
@@ -107,15 +153,15 @@ def _corrid(request):
     return int(request.correlation_id())
 
 
-def _network(model_name, outputs):
+def _network(model_name, names, batched):
     """A callable running another model of this repository on a dict of arrays (business logic scripting)."""
-    names = [n for n in outputs.split(",") if n]
 
     def run(feeds):
         request = pb_utils.InferenceRequest(
-            model_name=model_name, requested_output_names=names,
-            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v.reshape(-1, 1) if v.ndim == 1 else v))
-                    for k, v in feeds.items()])  # a [batch] tensor travels as [batch, 1] (config reshape)
+            model_name=model_name, requested_output_names=list(names),
+            # a batched model's [batch] tensor travels as [batch, 1] (config reshape)
+            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v.reshape(-1, 1) if batched and v.ndim == 1 else v))
+                    for k, v in feeds.items()])
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model_name}: {response.error().message()}")
