@@ -9,7 +9,7 @@ from __future__ import annotations
 from servicemaker.errors import UsageError, ValidationError
 from servicemaker.family import Family
 from servicemaker.pipeline import Pipeline
-from servicemaker.pipelines import (_asr, _nlp, intent_slot, punctuation, qa, speech_recognition,
+from servicemaker.pipelines import (_asr, _nlp, _tts, intent_slot, punctuation, qa, speech_recognition,
                                     speech_recognition_offline, speech_synthesis, text_classification,
                                     token_classification)
 
@@ -29,6 +29,7 @@ REGISTRY: dict[str, Pipeline] = {
 FAMILIES: dict[str, Family] = {
     "nlp": _nlp.FAMILY,
     "asr": _asr.FAMILY,
+    "tts": _tts.FAMILY,
 }
 
 

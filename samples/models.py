@@ -234,25 +234,6 @@ class TinyCTC(nn.Module):
         return torch.log_softmax(x.transpose(1, 2), dim=-1)
 
 
-class TinyFastPitch(nn.Module):
-    def __init__(self, symbols: int, n_mel: int) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(symbols, 32)
-        self.proj = nn.Linear(32, n_mel)
-
-    def forward(self, text):
-        return self.proj(self.emb(text)).transpose(1, 2)
-
-
-class TinyHifiGan(nn.Module):
-    def __init__(self, n_mel: int, hop: int) -> None:
-        super().__init__()
-        self.up = nn.ConvTranspose1d(n_mel, 1, hop, stride=hop)
-
-    def forward(self, spec):
-        return torch.tanh(self.up(spec)).squeeze(1)
-
-
 def _export_simple(model: nn.Module, args: tuple, inputs: list[str], outputs: list[str],
                    axes: dict[str, dict[int, str]]) -> bytes:
     """ONNX bytes from torch's TorchScript-based exporter at opset 17 (its tracer warnings silenced)."""
@@ -283,21 +264,3 @@ def tiny_asr_export(out: str | Path, **write_kw: Any) -> Path:
     return write_export(out, "nemo.collections.asr.models.EncDecCTCModel",
                         [binary_artifact("model_graph.onnx", graph, "acoustic model", onnx=True),
                          _config_artifact(config)], **write_kw)
-
-
-def tiny_tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, **write_kw: Any) -> tuple[Path, Path]:
-    torch.manual_seed(SEED)
-    n_mel, hop, symbols = 16, 64, 64
-    fp = _export_simple(TinyFastPitch(symbols, n_mel), (torch.ones(1, 8, dtype=torch.long),), ["text"], ["spect"],
-                        {"text": {0: "batch", 1: "len"}, "spect": {0: "batch", 2: "frames"}})
-    hg = _export_simple(TinyHifiGan(n_mel, hop), (torch.randn(1, n_mel, 8),), ["spec"], ["audio"],
-                        {"spec": {0: "batch", 2: "frames"}, "audio": {0: "batch", 1: "samples"}})
-    a = write_export(fastpitch_out, "nemo.collections.tts.models.FastPitchModel",
-                     [binary_artifact("model_graph.onnx", fp, "spectrogram generator", onnx=True),
-                      _config_artifact({"sample_rate": 22050, "n_mel_channels": n_mel, "n_symbols": symbols})],
-                     **write_kw)
-    b = write_export(hifigan_out, "nemo.collections.tts.models.HifiGanModel",
-                     [binary_artifact("model_graph.onnx", hg, "vocoder", onnx=True),
-                      _config_artifact({"sample_rate": 22050, "n_mel_channels": n_mel, "hop_length": hop})],
-                     **write_kw)
-    return a, b

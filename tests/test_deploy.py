@@ -248,22 +248,13 @@ def test_graph_that_does_not_fit_is_named(tmp_path, monkeypatch):
     nlp_export(tmp_path / "odd.riva", "TextClassificationModel", graph, vocab=vocab, lm_config="{}",
                labels={"class_labels_file": ["a", "b"]}, pretrained_model_name="tiny-bert")
     from servicemaker.pipelines import _nlp
-    monkeypatch.setattr(_nlp.NlpFamily, "check_scanned_graph", lambda self, pipeline, graph: None)
+    monkeypatch.setattr(_nlp.NlpFamily, "check_scanned_graph", lambda self, pipeline, graph, component: None)
     build(BuildOptions(pipeline="text_classification", output=arg(tmp_path / "odd.rmir"),
                        inputs=[arg(tmp_path / "odd.riva")]))
     with pytest.raises(ValidationError) as err:
         run([tmp_path / "odd.rmir"], tmp_path / "repo", target="onnxruntime-python")
     assert "does not fit pipeline text_classification" in str(err.value)
     assert "graph output logits has rank 3, expected 2" in str(err.value)
-    assert not (tmp_path / "repo").exists()
-
-
-def test_speech_synthesis_refused_clearly(tiny_dir, tmp_path):
-    out = tmp_path / "tts.rmir"
-    build(BuildOptions(pipeline="speech_synthesis", output=arg(out),
-                       inputs=[arg(tiny_dir / "fastpitch.riva"), arg(tiny_dir / "hifigan.riva")]))
-    with pytest.raises(ValidationError, match="cannot deploy the speech_synthesis pipeline yet"):
-        run([out], tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 
 
