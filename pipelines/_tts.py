@@ -130,6 +130,8 @@ class TtsFamily(Family):
         sig = graphs.signature(model, job.where)
         if job.component == GENERATOR:
             info, problems = synthesis.fastpitch_interface(sig)
+            if not problems and job.target == "tensorrt" and info["layout"] == synthesis.RAGGED:
+                sig, info = self._unragged(model, info, job.where)
             if not problems:
                 problems += self._front_end_problems(job, model, info)
         else:
@@ -168,11 +170,36 @@ class TtsFamily(Family):
 
         info = job.state["interface"]
         job.state.setdefault("pad_id", info["pad_id"])
+        report: dict[str, Any] = {}
+        if info.get("unragged"):
+            if not synthesis.unragged(folded):
+                raise ValidationError(f"{job.where}: FastPitch's batching loop could not be cut out for TensorRT",
+                                      hint="deploy with --target onnxruntime, or export FastPitch without ragged "
+                                           "batches")
+            report["unragged"] = ("the ragged batching loop (TensorRT-RTX's builder fails on it) is cut out: the "
+                                  "engine takes the padded [batch, symbols] batch it made")
         masked = synthesis.mask_padding(folded)
         sentences = [r for r in (self._tokenizer(job).encode(t) for t in tts_feeds.LEAK_PROBE) if r]
         info["sentence_batching"] = tts_feeds.measure_batching(folded, sentences, info, job.state["pad_id"])
-        job.state["report"] = {"padding_leak": {**masked, "sentence_batching": info["sentence_batching"]}}
+        job.state["report"] = {**report, "padding_leak": {**masked, "sentence_batching": info["sentence_batching"]}}
         return folded
+
+    @staticmethod
+    def _unragged(model: Any, info: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+        """The signature and interface the TensorRT target's FastPitch gets: the padded core of the ragged export
+        (:func:`servicemaker.speech.synthesis.unragged`), or the export as it is where that cannot be cut out."""
+        import copy
+
+        from servicemaker.deploy import graph as graphs
+        from servicemaker.speech import synthesis
+
+        padded = copy.deepcopy(model)
+        graphs.remove_optionals(padded)
+        if not synthesis.unragged(padded):
+            return graphs.signature(model, where), info
+        sig = graphs.signature(padded, where)
+        new, _ = synthesis.fastpitch_interface(sig)
+        return sig, {**new, "unragged": True}
 
     def network_batched(self, job: NetworkJob) -> bool:
         return not (job.component == GENERATOR and job.state["interface"]["layout"] == "ragged")
@@ -331,6 +358,9 @@ class TtsFamily(Family):
         problems: list[str] = []
         if info["n_mels"] is None:
             return [f"the vocoder's input {info['input']} has no fixed number of mel bands"]
+        mels = self._config(job, GENERATOR).get("n_mel_channels")
+        if isinstance(mels, int) and mels != info["n_mels"]:
+            problems.append(f"FastPitch makes {mels} mel bands but the vocoder takes {info['n_mels']}")
         try:
             info["hop"] = synthesis.hop_of(model, info["n_mels"])
         except Exception as err:  # noqa: BLE001 - any failure to run the graph is the graph's problem

@@ -56,8 +56,9 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SampleFastPitch(nn.Module):
     """NeMo FastPitch's export interface over a small, leak-free convolutional network."""
 
-    def __init__(self, symbols: int, dim: int = 64, max_duration: float = 75.0) -> None:
+    def __init__(self, symbols: int, dim: int = 64, max_duration: float = 75.0, speakers: int = 1) -> None:
         super().__init__()
+        self.speaker_emb = nn.Embedding(speakers, dim) if speakers > 1 else None
         self.pad = symbols - 1  # NeMo's tokenizers put <pad> ... the embedding's padding_idx; see tts_exports
         self.embed = nn.Embedding(symbols, dim)
         self.encoder = nn.ModuleList(nn.Conv1d(dim, dim, 5, padding=2) for _ in range(3))
@@ -73,7 +74,7 @@ class SampleFastPitch(nn.Module):
             x = _masked(torch.relu(conv(x)) + x, mask)
         return x
 
-    def forward(self, text, pitch, pace, volume, batch_lengths):
+    def forward(self, text, pitch, pace, volume, batch_lengths, speaker=None):
         # NeMo's batch_from_ragged, without a loop: [N] values → [B, L] rows, padded
         starts = batch_lengths[:-1].to(torch.int64)
         lengths = batch_lengths[1:].to(torch.int64) - starts
@@ -87,7 +88,10 @@ class SampleFastPitch(nn.Module):
         volume_in = torch.where(valid, volume[index], torch.ones_like(volume[index]))
         mask = valid.to(torch.float32)[:, None, :]                                 # [B, 1, L]
 
-        x = _masked(self.embed(tokens).transpose(1, 2), mask)                      # [B, D, L]
+        x = self.embed(tokens).transpose(1, 2)                                     # [B, D, L]
+        if self.speaker_emb is not None:  # NeMo adds the speaker's embedding to the symbols'
+            x = x + self.speaker_emb(speaker.to(torch.int64))[:, :, None]
+        x = _masked(x, mask)
         x = self._stack(self.encoder, x, mask)
         log_durs = (self.duration[1](_masked(torch.relu(self.duration[0](x)), mask)) * mask)[:, 0]
         durs = torch.clamp(torch.exp(log_durs) - 1.0, 0.0, self.max_duration) * valid.to(torch.float32)
@@ -141,11 +145,11 @@ def _onnx(model: nn.Module, args: tuple, inputs: list[str], outputs: list[str], 
     return buf.getvalue()
 
 
-def fastpitch_config(tokenizer: dict[str, Any]) -> dict[str, Any]:
+def fastpitch_config(tokenizer: dict[str, Any], speakers: int = 1) -> dict[str, Any]:
     """The model_config.yaml of the sample FastPitch, in NeMo's layout (as nemo2riva writes it)."""
     return {"sample_rate": SAMPLE_RATE, "n_mel_channels": N_MELS, "n_window_size": 1024, "n_window_stride": HOP,
             "n_fft": 1024, "lowfreq": 0, "highfreq": 8000, "window": "hann", "pitch_mean": 212.35,
-            "pitch_std": 68.52, "n_speakers": 1, "max_token_duration": 75, "text_tokenizer": tokenizer,
+            "pitch_std": 68.52, "n_speakers": speakers, "max_token_duration": 75, "text_tokenizer": tokenizer,
             "export_config": {"enable_volume": True, "enable_ragged_batches": True}}
 
 
@@ -160,10 +164,10 @@ def hifigan_config() -> dict[str, Any]:
                           "upsample_rates": list(UPSAMPLE), "upsample_initial_channel": CHANNELS}}
 
 
-def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes: bool = False, **write_kw: Any
-                ) -> tuple[Path, Path]:
+def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes: bool = False, speakers: int = 1,
+                **write_kw: Any) -> tuple[Path, Path]:
     """The sample voice: ``fastpitch.riva`` (graph, model config, nemo2riva's mapping.txt, the phone dictionary
-    for ``phonemes``) and ``hifigan.riva``."""
+    for ``phonemes``; a ``speaker`` input for ``speakers`` > 1) and ``hifigan.riva``."""
     config = dict(ARPABET if phonemes else TOKENIZER)
     artifacts = []
     phone_file = None
@@ -176,20 +180,25 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
         phone_file = text
     tokenizer = _tokenizer(config, phone_file)
     torch.manual_seed(SEED)
-    fastpitch = SampleFastPitch(len(tokenizer.tokens))
+    fastpitch = SampleFastPitch(len(tokenizer.tokens), speakers=speakers)
     fastpitch.pad = tokenizer.pad
     with torch.no_grad():
         fastpitch.duration[1].bias.fill_(1.7)   # ≈ 4.5 frames a symbol: speech-like lengths from random weights
-    example = (torch.tensor([3, 4, 5, 6, 7, 8], dtype=torch.int64), torch.zeros(6), torch.ones(6), torch.ones(6),
-               torch.tensor([0, 2, 6], dtype=torch.int32))
-    fp_graph = _onnx(fastpitch, example, ["text", "pitch", "pace", "volume", "batch_lengths"],
+    example: tuple = (torch.tensor([3, 4, 5, 6, 7, 8], dtype=torch.int64), torch.zeros(6), torch.ones(6),
+                      torch.ones(6), torch.tensor([0, 2, 6], dtype=torch.int32))
+    names = ["text", "pitch", "pace", "volume", "batch_lengths"]
+    axes = {"speaker": {0: "batch"}} if speakers > 1 else {}
+    if speakers > 1:
+        example, names = example + (torch.tensor([0, 1], dtype=torch.int64),), names + ["speaker"]
+    fp_graph = _onnx(fastpitch, example, names,
                      ["spect", "num_frames", "durs_predicted", "log_durs_predicted", "pitch_predicted",
                       "volume_aligned"],
                      {"text": {0: "symbols"}, "pitch": {0: "symbols"}, "pace": {0: "symbols"},
                       "volume": {0: "symbols"}, "batch_lengths": {0: "batch_plus_1"},
                       "spect": {0: "batch", 2: "frames"}, "num_frames": {0: "batch"},
                       "durs_predicted": {0: "batch", 1: "length"}, "log_durs_predicted": {0: "batch", 1: "length"},
-                      "pitch_predicted": {0: "batch", 1: "length"}, "volume_aligned": {0: "batch", 1: "frames"}})
+                      "pitch_predicted": {0: "batch", 1: "length"}, "volume_aligned": {0: "batch", 1: "frames"},
+                      **axes})
     torch.manual_seed(SEED + 1)
     hg_graph = _onnx(SampleHifiGan(), (torch.randn(1, N_MELS, 10),), ["spec"], ["audio"],
                      {"spec": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}})
@@ -197,8 +206,9 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
     mapping.props.update(path_type="TAR_PATH", nemo_artifact=True)
     a = write_export(fastpitch_out, "nemo.collections.tts.models.FastPitchModel",
                      [binary_artifact("model_graph.onnx", fp_graph, "FastPitch (ragged batches, volume)", onnx=True),
-                      text_artifact("model_config.yaml", yaml.safe_dump(fastpitch_config(config), sort_keys=False),
-                                    "model config"), mapping] + artifacts, **write_kw)
+                      text_artifact("model_config.yaml", yaml.safe_dump(fastpitch_config(config, speakers),
+                                                                        sort_keys=False), "model config"),
+                      mapping] + artifacts, **write_kw)
     b = write_export(hifigan_out, "nemo.collections.tts.models.HifiGanModel",
                      [binary_artifact("model_graph.onnx", hg_graph, "HiFi-GAN", onnx=True),
                       text_artifact("model_config.yaml", yaml.safe_dump(hifigan_config(), sort_keys=False),

@@ -1,11 +1,13 @@
 """A small tritonclient wrapper for the ensembles' client contract, over HTTP or gRPC: one string per batch row
 for the NLP ensembles; mono audio (one utterance per request, or a stream of chunks in one sequence) for speech
-recognition. Used by ``svc-serve --query/--audio``, the end-to-end tests and the benchmarks."""
+recognition; one text per request for speech synthesis, answered with its whole audio or (gRPC, the streaming
+ensemble) with audio chunks as they are made. Used by ``svc-serve --query/--audio/--say``, the end-to-end tests and
+the benchmarks."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -38,15 +40,20 @@ def infer(client: Any, model: str, inputs: Mapping[str, Sequence[str]], protocol
     return _outputs(client.infer(model, tensors), protocol)
 
 
-def _audio_inputs(module: Any, audio: np.ndarray, sample_rate: int) -> list[Any]:
-    signal = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(1, -1))
-    rate = np.array([[sample_rate]], dtype=np.int32)
+def _tensors(module: Any, values: Sequence[tuple[str, np.ndarray, str]]) -> list[Any]:
+    """tritonclient inputs of (name, array, Triton data type)."""
     out = []
-    for name, array, dtype in (("AUDIO_SIGNAL", signal, "FP32"), ("SAMPLE_RATE", rate, "INT32")):
+    for name, array, dtype in values:
         tensor = module.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         out.append(tensor)
     return out
+
+
+def _audio_inputs(module: Any, audio: np.ndarray, sample_rate: int) -> list[Any]:
+    signal = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(1, -1))
+    return _tensors(module, (("AUDIO_SIGNAL", signal, "FP32"),
+                             ("SAMPLE_RATE", np.array([[sample_rate]], dtype=np.int32), "INT32")))
 
 
 def _outputs(result: Any, protocol: str) -> dict[str, np.ndarray]:
@@ -76,6 +83,58 @@ def transcribe_stream(client: Any, model: str, audio: np.ndarray, sample_rate: i
                               sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(starts) - 1)
         answers.append(readable(_outputs(result, protocol))[0])
     return answers
+
+
+def _speech_inputs(module: Any, text: str, speaker: int | None, pace: float | None, pitch_shift: float | None
+                   ) -> list[Any]:
+    values: list[tuple[str, np.ndarray, str]] = [("TEXT", np.array([[text.encode("utf-8")]], dtype=np.object_),
+                                                  "BYTES")]
+    if speaker is not None:
+        values.append(("SPEAKER", np.array([[speaker]], dtype=np.int32), "INT32"))
+    if pace is not None:
+        values.append(("PACE", np.array([[pace]], dtype=np.float32), "FP32"))
+    if pitch_shift is not None:
+        values.append(("PITCH_SHIFT", np.array([[pitch_shift]], dtype=np.float32), "FP32"))
+    return _tensors(module, values)
+
+
+def synthesize(client: Any, model: str, text: str, *, speaker: int | None = None, pace: float | None = None,
+               pitch_shift: float | None = None, protocol: str = "http") -> tuple[np.ndarray, int]:
+    """``text`` through a speech_synthesis ensemble: its mono audio (float32 in [-1, 1]) and sample rate."""
+    result = client.infer(model, _speech_inputs(_module(protocol), text, speaker, pace, pitch_shift))
+    return np.asarray(result.as_numpy("AUDIO"), dtype=np.float32).reshape(-1), int(
+        np.asarray(result.as_numpy("SAMPLE_RATE")).reshape(-1)[0])
+
+
+def synthesize_stream(client: Any, model: str, text: str, *, speaker: int | None = None, pace: float | None = None,
+                      pitch_shift: float | None = None, timeout: float = 300.0) -> Iterator[tuple[np.ndarray, int]]:
+    """``text`` through a streaming speech_synthesis ensemble (``client``: a gRPC client): each audio chunk and the
+    sample rate as it arrives. An error the server answers is raised as tritonclient's InferenceServerException."""
+    import queue
+
+    import tritonclient.grpc as grpc
+
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer(model, _speech_inputs(grpc, text, speaker, pace, pitch_shift),
+                                  enable_empty_final_response=True)
+        while True:
+            try:
+                result, error = answers.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"{model} sent nothing for {timeout:g} s") from None
+            if error is not None:
+                raise error
+            response = result.get_response()
+            if response.outputs:
+                yield (np.asarray(result.as_numpy("AUDIO"), dtype=np.float32).reshape(-1),
+                       int(np.asarray(result.as_numpy("SAMPLE_RATE")).reshape(-1)[0]))
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                return
+    finally:
+        client.stop_stream()
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -134,6 +193,25 @@ def readable(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
 def ensembles(repo: str | Path) -> dict[str, list[str]]:
     """The ensembles of a repository and their input names, from their config.pbtxt."""
     return {name: inputs for name, (inputs, _) in ensemble_signatures(repo).items()}
+
+
+def speech_synthesis_ensembles(repo: str | Path) -> dict[str, bool]:
+    """The speech_synthesis entry points of a repository (TEXT in, AUDIO out) → whether each streams (one of its
+    steps is decoupled)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    configs = {}
+    for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
+        parsed = text_format.Parse(cfg.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+        configs[parsed.name] = parsed
+    out = {}
+    for name, (ins, outs) in ensemble_signatures(repo).items():
+        if "TEXT" in ins and "AUDIO" in outs:
+            steps = configs[name].ensemble_scheduling.step
+            out[name] = any(configs.get(s.model_name) is not None
+                            and configs[s.model_name].model_transaction_policy.decoupled for s in steps)
+    return out
 
 
 def ensemble_signatures(repo: str | Path) -> dict[str, tuple[list[str], list[str]]]:

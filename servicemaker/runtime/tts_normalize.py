@@ -23,8 +23,10 @@ svc-deploy copies this file into the TTS preprocessor's model folder as ``svc_tt
 
 - :class:`Wfst`: Riva's and NeMo's WFST grammars (``--wfst_tokenizer_model`` / ``--wfst_verbalizer_model``: FAR
   files as NeMo text processing exports them), applied with pynini as NeMo's deterministic ``Normalizer`` applies
-  them: the text through the classifier's shortest path, its ``tokens { ... }`` parsed, each token's fields
-  permuted until the verbalizer accepts the string, then the verbalizer's shortest path.
+  them: the text through the classifier's shortest path, its ``tokens { ... }`` parsed as NeMo's TokenParser does,
+  runs of tokens (at most 729 field orders each) serialized in each order until the verbalizer accepts one, its
+  shortest path. NeMo's optional post-processing grammar and Moses detokenizer are not run: spaces before
+  punctuation and inside brackets are removed instead.
 """
 
 from __future__ import annotations
@@ -112,9 +114,9 @@ class Builtin:
                         + r")(?![\w/])"), self._measure),
             (re.compile(r"\b(\d+)(st|nd|rd|th)\b"), lambda m: self._ordinal(int(m.group(1)))),
             (re.compile(r"(?<![\d.,])(1[1-9]\d\d|20\d\d)(?![\d,]|\.\d)"), lambda m: self._year(int(m.group(1)))),
-            (re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])"), self._decimal),
+            (re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])"), lambda m: f" {self._decimal(m)} "),
             (re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d])"),
-             lambda m: " point ".join(self._cardinal(p) for p in m.group(0).split("."))),
+             lambda m: " " + " point ".join(self._cardinal(p) for p in m.group(0).split(".")) + " "),
             (re.compile(r"(?<![\d,])(\d{1,3}(?:,\d{3})+)(?![\d,])"), lambda m: self._cardinal(m.group(1))),
             (re.compile(r"(?:(?<=\s)|^)-(\d+)\b"), lambda m: f"minus {self._cardinal(m.group(1))}"),
             (re.compile(r"\d+"), lambda m: f" {self._cardinal(m.group(0))} "),
@@ -220,7 +222,6 @@ def _end_dot(m: re.Match) -> str:
 #: the rule of each grammar, by the names NeMo's exports and Sparrowhawk's give it
 CLASSIFY_RULES = ("tokenize_and_classify", "TOKENIZE_AND_CLASSIFY")
 VERBALIZE_RULES = ("verbalize", "ALL")
-MAX_PERMUTATIONS = 256
 
 
 def _pynini():
@@ -252,135 +253,186 @@ def load_far(path: str, rules: Tuple[str, ...], role: str):
                           f"{', '.join(rules)}")
 
 
-def parse_tokens(text: str) -> List[List[Tuple[str, object]]]:
-    """The classifier's ``tokens { name: "a" } tokens { money { integer_part: "5" } }`` as a list of tokens,
-    each a list of (key, value) pairs in order; a value is a string or a nested list of pairs."""
-    pos = 0
+MAX_PERMUTATIONS_PER_SPLIT = 729   # NeMo's Normalizer default
+_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+Token = Dict[str, object]   # key → str | bool | Token, in order
 
-    def skip() -> None:
+
+def parse_tokens(text: str) -> List[Token]:
+    """The classifier's output (``tokens { name: "a" } tokens { money { integer_part: "5" } }``) as NeMo's
+    TokenParser reads it: one ordered dict per top-level item; keys are ASCII letters and ``_``; a value is a string
+    (ending at a quote followed by a space), ``true`` after ``preserve_order``, or nested items (flattened into one
+    dict)."""
+    pos, n = 0, len(text)
+
+    def ws() -> bool:
         nonlocal pos
-        while pos < len(text) and text[pos] == " ":
+        while pos < n and text[pos] == " ":
             pos += 1
+        return pos < n
 
-    def key() -> str:
+    def expect(ch: str) -> None:
         nonlocal pos
-        skip()
-        start = pos
-        while pos < len(text) and (text[pos].isalnum() or text[pos] == "_"):
-            pos += 1
-        if start == pos:
-            raise NormalizerError(f"cannot parse the classifier's output at {pos}: {text[pos:pos + 40]!r}")
-        return text[start:pos]
-
-    def string() -> str:
-        nonlocal pos
-        skip()
-        if pos >= len(text) or text[pos] != '"':
-            raise NormalizerError(f"cannot parse the classifier's output at {pos}: expected a quoted value")
+        if pos >= n or text[pos] != ch:
+            raise NormalizerError(f"cannot parse the WFST classifier's output at {pos}: expected {ch!r} in "
+                                  f"{text[max(0, pos - 20):pos + 20]!r}")
         pos += 1
-        out = []
-        while pos < len(text) and text[pos] != '"':
-            if text[pos] == "\\" and pos + 1 < len(text):
-                pos += 1
-            out.append(text[pos])
-            pos += 1
-        if pos >= len(text):
-            raise NormalizerError("cannot parse the classifier's output: an unterminated value")
-        pos += 1
-        return "".join(out)
 
-    def fields() -> List[Tuple[str, object]]:
+    def items() -> List[Token]:
         nonlocal pos
-        items: List[Tuple[str, object]] = []
-        while True:
-            skip()
-            if pos >= len(text) or text[pos] == "}":
-                return items
-            name = key()
-            skip()
-            if pos < len(text) and text[pos] == ":":
-                pos += 1
-                items.append((name, string()))
-            elif pos < len(text) and text[pos] == "{":
-                pos += 1
-                items.append((name, fields()))
-                skip()
-                if pos >= len(text) or text[pos] != "}":
-                    raise NormalizerError("cannot parse the classifier's output: an unclosed '{'")
-                pos += 1
+        out: List[Token] = []
+        while ws():
+            start = pos
+            key = key_()
+            if key is None:
+                break
+            ws()
+            if key == "preserve_order":
+                expect(":")
+                ws()
+                for ch in "true":
+                    expect(ch)
+                out.append({key: True})
+            elif pos < n and text[pos] == ":":
+                expect(":")
+                ws()
+                expect('"')
+                begin = pos
+                while pos < n and not (text[pos] == '"' and pos + 1 < n and text[pos + 1] == " "):
+                    pos += 1
+                if pos >= n:
+                    raise NormalizerError("cannot parse the WFST classifier's output: a value without its end")
+                out.append({key: text[begin:pos]})
+                expect('"')
+            elif pos < n and text[pos] == "{":
+                expect("{")
+                merged: Token = {}
+                for item in items():
+                    merged.update(item)
+                ws()
+                expect("}")
+                out.append({key: merged})
             else:
-                raise NormalizerError(f"cannot parse the classifier's output at {pos}: {text[pos:pos + 40]!r}")
+                raise NormalizerError(f"cannot parse the WFST classifier's output at {start}: "
+                                      f"{text[start:start + 40]!r}")
+        return out
 
-    tokens: List[List[Tuple[str, object]]] = []
-    for name, value in fields():
-        if name != "tokens" or not isinstance(value, list):
-            raise NormalizerError(f"the classifier gave {name!r} where 'tokens {{ ... }}' was expected")
-        tokens.append(value)
-    if pos != len(text):
-        raise NormalizerError(f"cannot parse the classifier's output at {pos}: {text[pos:pos + 40]!r}")
+    def key_() -> Optional[str]:
+        nonlocal pos
+        begin = pos
+        while pos < n and text[pos] in _KEY_CHARS:
+            pos += 1
+        return text[begin:pos] or None
+
+    tokens = items()
+    if ws():
+        raise NormalizerError(f"cannot parse the WFST classifier's output at {pos}: {text[pos:pos + 40]!r}")
     return tokens
 
 
-def _render(items: List[Tuple[str, object]]) -> str:
-    out = []
-    for name, value in items:
-        if isinstance(value, list):
-            out.append(f"{name} {{ {_render(value)} }}")
-        else:
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            out.append(f'{name}: "{escaped}"')
-    return " ".join(out)
+def _permutations_of(token: Token) -> int:
+    from math import factorial
+
+    count = 1
+    for value in token.values():
+        if isinstance(value, dict):
+            count *= _permutations_of(value)
+    return count * factorial(len(token))
 
 
-def _orders(items: List[Tuple[str, object]]) -> Iterator[List[Tuple[str, object]]]:
-    """Every order of a token's fields (nested fields too), ``preserve_order`` ones kept as written first."""
+def _splits(tokens: List[Token]) -> List[List[Token]]:
+    """Runs of tokens whose orders to try multiply to at most :data:`MAX_PERMUTATIONS_PER_SPLIT` (NeMo's)."""
+    out, start, current = [], 0, 1
+    for i, token in enumerate(tokens):
+        count = _permutations_of(token)
+        if count * current > MAX_PERMUTATIONS_PER_SPLIT:
+            out.append(tokens[start:i])
+            start, current = i, 1
+        if count > MAX_PERMUTATIONS_PER_SPLIT:
+            raise NormalizerError(f"a token has {count} orders to try, more than {MAX_PERMUTATIONS_PER_SPLIT}")
+        current *= count
+    out.append(tokens[start:])
+    return [s for s in out if s]
+
+
+def _serializations(token: Token) -> List[str]:
+    """Every serialization of ``token`` in NeMo's form (``key: "value" ``, `` key { ... } ``, ``key: true ``), its
+    items permuted unless it has ``preserve_order``."""
     import itertools
 
-    if any(name == "preserve_order" for name, _ in items):
-        yield items
+    orders = [list(token.items())] if "preserve_order" in token else itertools.permutations(token.items())
+    out: List[str] = []
+    for order in orders:
+        partial = [""]
+        for key, value in order:
+            if isinstance(value, bool):
+                parts = [f"{key}: true "]
+            elif isinstance(value, dict):
+                parts = [f" {key} {{ {inner} }} " for inner in _serializations(value)]
+            else:
+                parts = [f'{key}: "{value}" ']
+            partial = [a + b for a in partial for b in parts]
+        out.extend(partial)
+    return out
+
+
+def _sequences(tokens: List[Token], prefix: str = "") -> Iterator[str]:
+    if not tokens:
+        yield prefix
         return
-    nested = [[(n, o) for o in _orders(v)] if isinstance(v, list) else [(n, v)] for n, v in items]
-    for choice in itertools.product(*nested):
-        for perm in itertools.permutations(choice):
-            yield list(perm)
+    for option in _serializations(tokens[0]):
+        yield from _sequences(tokens[1:], prefix + option)
+
+
+def attach_punctuation(text: str) -> str:
+    """Spaces before ``!,.:;?`` and inside brackets removed, doubled spaces collapsed (where NeMo's
+    ``punct_post_process`` runs the Moses detokenizer)."""
+    for a, b in (("( ", "("), (" )", ")"), ("{ ", "{"), (" }", "}"), ("[ ", "["), (" ]", "]")):
+        text = text.replace(a, b)
+    text = re.sub(r" {2,}", " ", text)
+    return re.sub(r" ([!,.:;?])", r"\1", text).strip()
 
 
 class Wfst:
-    """The classifier and verbalizer grammars applied as NeMo's deterministic Normalizer applies them."""
+    """The classifier and verbalizer grammars applied as NeMo's deterministic ``Normalizer.normalize`` applies them
+    (brackets spaced first, as its ``punct_pre_process``; punctuation attached after, see
+    :func:`attach_punctuation`)."""
 
     def __init__(self, classify: str, verbalize: str) -> None:
         self.pynini = _pynini()
         self.classify = load_far(classify, CLASSIFY_RULES, "the WFST tokenizer model")
         self.verbalize = load_far(verbalize, VERBALIZE_RULES, "the WFST verbalizer model")
 
-    def _shortest(self, text: str, fst) -> Optional[str]:
+    def _lattice(self, text: str, fst):
         pynini = self.pynini
-        lattice = pynini.compose(pynini.accep(pynini.escape(text)), fst)
-        if lattice.num_states() == 0:
-            return None
-        return pynini.shortestpath(lattice, nshortest=1, unique=True).string()
+        return pynini.compose(pynini.accep(pynini.escape(text)), fst)
 
-    def __call__(self, text: str) -> str:
+    def core(self, text: str) -> str:
+        """NeMo's algorithm: tag, parse, verbalize each run of tokens in the first order the verbalizer accepts."""
+        pynini = self.pynini
         text = text.strip()
         if not text:
             return text
-        tagged = self._shortest(text, self.classify)
-        if tagged is None:
+        tagged = self._lattice(text, self.classify)
+        if tagged.num_states() == 0:
             raise NormalizerError("the WFST tokenizer model does not accept this text")
-        out = []
-        for token in parse_tokens(tagged):
-            spoken = None
-            for k, order in enumerate(_orders(token)):
-                if k >= MAX_PERMUTATIONS:
+        tagged_text = pynini.shortestpath(tagged, nshortest=1, unique=True).string()
+        output = ""
+        for split in _splits(parse_tokens(tagged_text)):
+            lattice = None
+            for serialized in _sequences(split):
+                lattice = self._lattice(serialized, self.verbalize)
+                if lattice.num_states() != 0:
                     break
-                spoken = self._shortest(f"tokens {{ {_render(order)} }}", self.verbalize)
-                if spoken is not None:
-                    break
-            if spoken is None:
-                raise NormalizerError(f"the WFST verbalizer model accepts no order of the token "
-                                      f"{_render(token)[:80]!r}")
-            out.append(spoken)
-        return " ".join(" ".join(out).split())
+            if lattice is None or lattice.num_states() == 0:
+                raise NormalizerError("the WFST verbalizer model accepts no order of the classifier's tokens")
+            output += " " + pynini.shortestpath(lattice, nshortest=1, unique=True).string()
+        return re.sub(r" {2,}", " ", output[1:])
+
+    def __call__(self, text: str) -> str:
+        for bracket in "[]":
+            text = text.replace(bracket, f" {bracket} ")
+        return attach_punctuation(self.core(re.sub(r" +", " ", text)))
 
 
 def create(kind: str, abbreviations: Optional[Dict[str, str]] = None, classify: Optional[str] = None,

@@ -134,6 +134,134 @@ def hop_of(model: Any, n_mels: int, frames: int = 4) -> int:
     return samples // frames
 
 
+# --- the ragged batching loop -------------------------------------------------------------------------------------
+
+def _names_used(graph: Any) -> set[str]:
+    """Every value name the nodes of ``graph`` and of their subgraphs read."""
+    import onnx
+
+    out: set[str] = set()
+    for node in graph.node:
+        out.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                out |= _names_used(attr.g)
+    return out
+
+
+def _loop_sources(graph: Any, loop: Any) -> dict[str, str]:
+    """The loop's outputs that are padded copies of graph inputs (a carried tensor the body fills with
+    ``ScatterND`` from a ``Slice`` of that input, NeMo's ``batch_from_ragged``) → the input's name."""
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    made = {o: n for n in body.node for o in n.output}
+    outer = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input}
+    carried = {body.input[2 + k].name: loop.input[2 + k] for k in range(len(loop.input) - 2)
+               if 2 + k < len(body.input)}
+
+    def graph_input(name: str) -> str | None:
+        for _ in range(32):
+            if name in inputs:
+                return name
+            if name in carried:
+                name = carried[name]
+                continue
+            node = made.get(name) or outer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return None
+
+    def sliced(name: str) -> str | None:
+        todo, seen = [name], set()
+        while todo:
+            cur = todo.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            node = made.get(cur)
+            if node is None:
+                continue
+            if node.op_type == "Slice":
+                found = graph_input(node.input[0])
+                if found is not None:
+                    return found
+            todo.extend(node.input)
+        return None
+
+    out = {}
+    for k in range(len(loop.input) - 2):
+        node = made.get(body.output[1 + k].name)
+        while node is not None and node.op_type == "Identity":
+            node = made.get(node.input[0])
+        if node is not None and node.op_type == "ScatterND":
+            source = sliced(node.input[2])
+            if source in SYMBOL_INPUTS and k < len(loop.output):
+                out[loop.output[k]] = source
+    return out
+
+
+def unragged(model: Any) -> bool:
+    """Turn a ragged FastPitch export into the padded one its batching loop feeds (in place): the loop that pads
+    the concatenated ``text`` / ``pitch`` / ``pace`` / ``volume`` by ``batch_lengths`` is cut out, and the core
+    takes those as ``[B, T]`` inputs (padded with the pad symbol, pace and volume 1: the synthesizers feed them
+    so). TensorRT-RTX's builder fails on the loop; the padded core builds. False (nothing changed) where the graph
+    has no such loop or reads the ragged inputs elsewhere."""
+    import copy
+
+    from onnx import helper
+
+    graph = model.graph
+    loops = [n for n in graph.node if n.op_type == "Loop"]
+    found = next(((lp, m) for lp in loops if {"text", "pitch", "pace"} <= set((m := _loop_sources(graph, lp))
+                                                                             .values())), None)
+    if found is None:
+        return False
+    loop, sources = found
+    work = copy.deepcopy(graph)
+    old = {i.name: i for i in work.input}
+    ragged = {name: f"{name}__ragged" for name in list(sources.values()) + ["batch_lengths"] if name in old}
+
+    def rename(g: Any) -> None:
+        import onnx
+
+        for node in g.node:
+            node.input[:] = [ragged.get(i, i) for i in node.input]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g)
+
+    rename(work)
+    nodes = [n for n in work.node if not (n.op_type == "Loop" and list(n.output) == list(loop.output))]
+    for node in nodes:
+        node.input[:] = [sources.get(i, i) for i in node.input]
+    # dead code: keep what the outputs need
+    needed = {o.name for o in work.output}
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            sub = helper.make_graph([node], "n", [], [])
+            needed |= _names_used(sub)
+    kept.reverse()
+    if any(name in needed for name in ragged.values()):
+        return False
+    new_inputs = [helper.make_tensor_value_info(name, old[name].type.tensor_type.elem_type, ["batch", "symbols"])
+                  for name in SYMBOL_INPUTS if name in sources.values()]
+    others = [i for name, i in old.items() if name not in ragged and name in needed]
+    del work.node[:]
+    work.node.extend(kept)
+    del work.input[:]
+    work.input.extend(new_inputs + others)
+    used = needed | {o.name for o in work.output}
+    initializers = [t for t in work.initializer if t.name in used]
+    del work.initializer[:]
+    work.initializer.extend(initializers)
+    graph.CopyFrom(work)
+    return True
+
+
 # --- the padding leak ------------------------------------------------------------------------------------------------
 
 #: ops a masked sequence passes through between two convolutions without mixing time steps
@@ -247,4 +375,4 @@ def _toposort(nodes: list[Any], known: set[str]) -> None:
 
 
 __all__ = ["PADDED", "RAGGED", "embedding_rows", "fastpitch_interface", "hifigan_interface", "hop_of",
-           "mask_padding"]
+           "mask_padding", "unragged"]
