@@ -1,6 +1,7 @@
 # Two entry points, both doing all set-up themselves on a fresh machine (a venv in .venv):
-#   make demo   — sample exports (MiniLM text classification; a small speech model trained here) → svc-build →
-#                 svc-deploy → a real Triton server answers a sentence and transcribes a spoken one
+#   make demo   — sample exports (MiniLM text classification; a small speech model trained here; a FastPitch +
+#                 HiFi-GAN voice built in code) → svc-build → svc-deploy → a real Triton server answers a sentence,
+#                 transcribes a spoken one and speaks one into a .wav file
 #   make test   — the test suite (CPU only); as root with apt-get it first installs what the image and pod tests
 #                 need (podman buildah runc debootstrap) if missing, else says those tests will be skipped
 #   make image  — the ServiceMaker image localhost/servicemaker:<version> and :latest (podman; docker/build-image.sh
@@ -21,19 +22,23 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/svc-samples $(DEMO) -p text_classification -p speech_recognition
+	$(BIN)/svc-samples $(DEMO) -p text_classification -p speech_recognition -p speech_synthesis
 	$(BIN)/svc-build text_classification $(DEMO)/text_classification.rmir $(DEMO)/text_classification.riva \
 		--domain_name=weather --nn.gate_data=$(DEMO)/text_classification_gate.tsv -f
 	$(BIN)/svc-build speech_recognition $(DEMO)/asr.rmir $(DEMO)/speech_recognition.riva --offline \
 		--name=asr-offline -f
+	$(BIN)/svc-build speech_synthesis $(DEMO)/tts.rmir $(DEMO)/fastpitch.riva $(DEMO)/hifigan.riva \
+		--voice_name=English-US -f
 	$(BIN)/svc-inspect $(DEMO)/text_classification.rmir
-	$(BIN)/svc-deploy $(DEMO)/text_classification.rmir $(DEMO)/asr.rmir $(DEMO)/model_repository \
+	$(BIN)/svc-deploy $(DEMO)/text_classification.rmir $(DEMO)/asr.rmir $(DEMO)/tts.rmir $(DEMO)/model_repository \
 		--target onnxruntime-python -f
 	$(BIN)/svc-serve $(DEMO)/model_repository --http-port 0 --grpc-port 0 --metrics-port 0 \
 		--query "is it going to snow in berlin tomorrow"
 	@echo "spoken: $$(cat $(DEMO)/speech_recognition.txt)"
 	$(BIN)/svc-serve $(DEMO)/model_repository --http-port 0 --grpc-port 0 --metrics-port 0 \
 		--audio $(DEMO)/speech_recognition.wav
+	$(BIN)/svc-serve $(DEMO)/model_repository --http-port 0 --grpc-port 0 --metrics-port 0 \
+		--say "Hello from servicemaker. It is 9:30 am, and this voice costs \$$0." --out $(DEMO)/speech_synthesis.wav
 
 test: $(BIN)/.installed system-packages
 	$(BIN)/python -m pytest -q

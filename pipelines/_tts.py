@@ -25,8 +25,8 @@ ALIASES = {
     "subvoices": "preprocessor.subvoices",
     "num_speakers": "preprocessor.num_speakers",
     "phone_set": "preprocessor.phone_set",
-    "phone_dictionary_file": "preprocessor.phone_dictionary_file",
     "arpabet_file": "preprocessor.phone_dictionary_file",
+    "phone_dictionary_file": "preprocessor.phone_dictionary_file",
     "abbreviations_file": "preprocessor.abbreviations_file",
     "wfst_tokenizer_model": "preprocessor.wfst_tokenizer_model",
     "wfst_verbalizer_model": "preprocessor.wfst_verbalizer_model",
@@ -98,16 +98,18 @@ def synthesizer(name: str, handler: str, model_name: str) -> Component:
     )
     if streaming:
         extra += (Param(name="chunk_frames", type="int", min=4, max=8192, default=32,
-                        help="spectrogram frames per audio chunk sent (a shorter sentence goes whole)"),)
+                        help="spectrogram frames of the first audio chunk (a shorter sentence goes whole)"),
+                  Param(name="max_chunk_frames", type="int", min=4, max=8192, default=256,
+                        help="chunks after the first double up to this many frames"))
     else:
         extra += (Param(name="max_vocoder_frames", type="int", min=16, max=65536, default=2048,
                         help="a longer sentence is vocoded in chunks of this many frames"),)
     # the vocoder's config travels with the synthesizer: svc-deploy reads its preprocessor settings (sample feeds)
     binds = () if streaming else (Bind(role="vocoder_config", input=VOCODER, pattern="model_config.yaml"),)
-    return Component(
-        name=name, kind="python", model_name=model_name, handler=handler, binds=binds,
-        params=serving_params(queue_delay_us=500) + extra, help=("streams audio chunks as they are vocoded, sentence by sentence" if streaming else
-                       "runs FastPitch and HiFi-GAN on the sentences of every request, one audio per request"))
+    help = ("streams audio chunks as they are vocoded, sentence by sentence" if streaming else
+            "runs FastPitch and HiFi-GAN on the sentences of every request, one audio per request")
+    return Component(name=name, kind="python", model_name=model_name, handler=handler, binds=binds,
+                     params=serving_params(queue_delay_us=500) + extra, help=help)
 
 
 class TtsFamily(Family):
@@ -148,6 +150,15 @@ class TtsFamily(Family):
         sig = graph.signature()
         check = synthesis.fastpitch_interface if component == GENERATOR else synthesis.hifigan_interface
         _refuse(graph.where, pipeline.name, check(sig)[1])
+
+    def check_configs(self, pipeline: Pipeline, configs: dict[str, Any], params: dict[str, dict[str, Any]]
+                      ) -> list[str]:
+        """At svc-build, what the two model configs and the flags must agree on (see :func:`config_problems`); the
+        symbol table against FastPitch's embedding and mapping.txt wait for svc-deploy (the graph and staged
+        files)."""
+        return config_problems(configs.get(GENERATOR) or {}, configs.get(VOCODER) or {}, params["preprocessor"],
+                               params[VOCODER]["sample_rate"],
+                               phone_file=params["preprocessor"].get("phone_dictionary_file"))
 
     def saved_state(self, job: NetworkJob) -> dict[str, Any]:
         """The graph's interface, and for FastPitch how its sentences may batch (measured by network_graph)."""
@@ -227,7 +238,8 @@ class TtsFamily(Family):
             return out
         frames = [int(job.component_params("synthesizer")["max_vocoder_frames"])]
         stream = job.component_params("streaming_synthesizer")
-        frames.append(int(stream["chunk_frames"]) + 2 * int(stream["overlap_frames"]))
+        largest = max(int(stream["chunk_frames"]), int(stream["max_chunk_frames"]))
+        frames.append(largest + 2 * int(stream["overlap_frames"]))
         n_mels = int(info["n_mels"])
         return {info["input"]: ((1, n_mels, 1), (max(1, (batch + 1) // 2), n_mels, min(frames)),
                                 (batch, n_mels, max(frames)))}
@@ -236,10 +248,10 @@ class TtsFamily(Family):
         """FastPitch: servicemaker's English sentences through the model's own tokenizer; HiFi-GAN: the bundled
         speech resampled to the voice's rate, as mel spectrograms made with the vocoder's own preprocessor
         settings (a centred STFT)."""
-        if job.calibration_path is not None:
-            raise ValidationError(f"{job.where}: {job.component}.calibration_data is not supported for "
-                                  "speech_synthesis yet", hint="rebuild without it; bundled sentences and speech are "
-                                                               "used")
+        for given, role in ((job.calibration_path, "calibration_data"), (job.gate_path, "gate_data")):
+            if given is not None:
+                raise ValidationError(f"{job.where}: {job.component}.{role} is not supported for speech_synthesis "
+                                      "yet", hint="rebuild without it; servicemaker's sentences and speech are used")
         from servicemaker.speech import tts_feeds
 
         if job.component == GENERATOR:
@@ -339,18 +351,10 @@ class TtsFamily(Family):
             if diff is not None:
                 problems.append(f"nemo2riva's mapping.txt does not match the model's tokenizer: {diff}")
         pre = job.component_params("preprocessor")
-        phone_set = {tts_text.ARPABET: "arpabet", tts_text.IPA: "ipa"}.get(tokenizer.kind, "none (characters)")
-        if pre["phone_set"] != "auto" and pre["phone_set"] != phone_set:
-            problems.append(f"--phone_set={pre['phone_set']} but the model's tokenizer uses {phone_set}")
-        speakers = int(pre["num_speakers"])
-        if speakers > 1 and not info["speaker"]:
-            problems.append(f"--num_speakers={speakers} but the graph has no speaker input")
-        problems += _subvoice_problems(str(pre.get("subvoices") or ""), speakers)
-        rate = self._config(job, GENERATOR).get("sample_rate")
-        voice_rate = job.component_params(VOCODER)["sample_rate"]
-        if isinstance(rate, int) and rate != voice_rate:
-            problems.append(f"FastPitch was trained at {rate} Hz but the vocoder's sample rate is {voice_rate} Hz")
-        return problems
+        if int(pre["num_speakers"]) > 1 and not info["speaker"]:
+            problems.append(f"--num_speakers={pre['num_speakers']} but the graph has no speaker input")
+        return problems + config_problems(self._config(job, GENERATOR), self._config(job, VOCODER), pre,
+                                          job.component_params(VOCODER)["sample_rate"], phone_file="given")
 
     def _vocoder_problems(self, job: NetworkJob, model: Any, info: dict[str, Any]) -> list[str]:
         from servicemaker.speech import synthesis
@@ -367,6 +371,39 @@ class TtsFamily(Family):
             return [f"the vocoder graph does not run on a {info['n_mels']}-band spectrogram: "
                     f"{str(err).splitlines()[0][:200]}"]
         return problems
+
+
+def config_problems(fastpitch: dict[str, Any], hifigan: dict[str, Any], pre: dict[str, Any], rate: int,
+                    phone_file: Any = None) -> list[str]:
+    """What the FastPitch and HiFi-GAN configs and the flags must agree on, checked at svc-build and svc-deploy: a
+    tokenizer servicemaker reproduces (and a phone dictionary for a phoneme one: the config's artifact, or
+    ``phone_file``), ``--phone_set``, the subvoices, the sample rates and mel bands of the two models."""
+    from servicemaker.runtime import tts_text
+
+    problems: list[str] = []
+    tokenizer = fastpitch.get("text_tokenizer") or {}
+    try:
+        kind = tts_text.tokenizer_class(tokenizer)
+    except tts_text.TokenizerError as err:
+        return [str(err)]
+    if kind != tts_text.CHARS and not ((tokenizer.get("g2p") or {}).get("phoneme_dict") or phone_file):
+        problems.append(f"{kind} needs a phone dictionary: the model config's text_tokenizer.g2p.phoneme_dict names "
+                        "none; give --phone_dictionary_file")
+    if tokenizer.get("locale") not in (None, "en-US"):
+        problems.append(f"{kind} locale {tokenizer['locale']!r}: servicemaker reproduces en-US only")
+    phone_set = {tts_text.ARPABET: "arpabet", tts_text.IPA: "ipa"}.get(kind, "none (characters)")
+    if pre["phone_set"] != "auto" and pre["phone_set"] != phone_set:
+        problems.append(f"--phone_set={pre['phone_set']} but the model's tokenizer uses {phone_set}")
+    problems += _subvoice_problems(str(pre.get("subvoices") or ""), int(pre["num_speakers"]))
+    trained = fastpitch.get("sample_rate")
+    if isinstance(trained, int) and trained != rate:
+        problems.append(f"FastPitch was trained at {trained} Hz but the vocoder's sample rate is {rate} Hz")
+    mels = fastpitch.get("n_mel_channels")
+    section = hifigan.get("preprocessor") or {}
+    bands = section.get("nfilt", section.get("features")) if isinstance(section, dict) else None
+    if isinstance(mels, int) and isinstance(bands, int) and mels != bands:
+        problems.append(f"FastPitch makes {mels} mel bands but the vocoder was trained on {bands}")
+    return problems
 
 
 def _subvoice_problems(subvoices: str, speakers: int) -> list[str]:

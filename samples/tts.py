@@ -56,16 +56,17 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SampleFastPitch(nn.Module):
     """NeMo FastPitch's export interface over a small, leak-free convolutional network."""
 
-    def __init__(self, symbols: int, dim: int = 64, max_duration: float = 75.0, speakers: int = 1) -> None:
+    def __init__(self, symbols: int, dim: int = 64, max_duration: float = 75.0, speakers: int = 1,
+                 layers: int = 3) -> None:
         super().__init__()
         self.speaker_emb = nn.Embedding(speakers, dim) if speakers > 1 else None
-        self.pad = symbols - 1  # NeMo's tokenizers put <pad> ... the embedding's padding_idx; see tts_exports
+        self.pad = symbols - 1  # replaced by the tokenizer's <pad> in tts_exports
         self.embed = nn.Embedding(symbols, dim)
-        self.encoder = nn.ModuleList(nn.Conv1d(dim, dim, 5, padding=2) for _ in range(3))
+        self.encoder = nn.ModuleList(nn.Conv1d(dim, dim, 5, padding=2) for _ in range(layers))
         self.duration = nn.ModuleList([nn.Conv1d(dim, dim, 3, padding=1), nn.Conv1d(dim, 1, 1)])
         self.pitch = nn.ModuleList([nn.Conv1d(dim, dim, 3, padding=1), nn.Conv1d(dim, 1, 1)])
         self.pitch_emb = nn.Conv1d(1, dim, 3, padding=1)
-        self.decoder = nn.ModuleList(nn.Conv1d(dim, dim, 5, padding=2) for _ in range(3))
+        self.decoder = nn.ModuleList(nn.Conv1d(dim, dim, 5, padding=2) for _ in range(layers))
         self.proj = nn.Conv1d(dim, N_MELS, 1)
         self.max_duration = max_duration
 
@@ -113,25 +114,46 @@ class SampleFastPitch(nn.Module):
         return spect, frames, durs, log_durs, pitch_pred, volume_aligned
 
 
-class SampleHifiGan(nn.Module):
-    """HiFi-GAN's generator shape: upsampling transposed convolutions, leaky ReLUs, residual convolutions, tanh."""
+class _ResBlock(nn.Module):
+    """HiFi-GAN's residual block: dilated convolutions (1, 3, 5), each followed by a plain one."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int, kernel: int) -> None:
         super().__init__()
-        self.pre = nn.Conv1d(N_MELS, CHANNELS, 7, padding=3)
-        ups, res, ch = [], [], CHANNELS
+        self.dilated = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2)
+                                     for d in (1, 3, 5))
+        self.plain = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in range(3))
+
+    def forward(self, x):
+        for a, b in zip(self.dilated, self.plain):
+            x = x + b(nn.functional.leaky_relu(a(nn.functional.leaky_relu(x, 0.1)), 0.1))
+        return x
+
+
+class SampleHifiGan(nn.Module):
+    """HiFi-GAN's generator shape: upsampling transposed convolutions, leaky ReLUs, residual convolutions, tanh;
+    ``full``: its multi-receptive-field blocks (kernels 3, 7, 11, as HiFi-GAN V1/V2), else one convolution each."""
+
+    def __init__(self, channels: int = CHANNELS, full: bool = False) -> None:
+        super().__init__()
+        self.pre = nn.Conv1d(N_MELS, channels, 7, padding=3)
+        ups, res, ch = [], [], channels
         for rate in UPSAMPLE:
             ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * rate, stride=rate, padding=rate // 2))
             ch //= 2
-            res.append(nn.Conv1d(ch, ch, 3, padding=1))
+            res.append(nn.ModuleList(_ResBlock(ch, k) for k in (3, 7, 11)) if full else
+                       nn.ModuleList([nn.Conv1d(ch, ch, 3, padding=1)]))
         self.ups, self.res = nn.ModuleList(ups), nn.ModuleList(res)
+        self.full = full
         self.post = nn.Conv1d(ch, 1, 7, padding=3)
 
     def forward(self, spec):
         x = self.pre(spec)
-        for up, res in zip(self.ups, self.res):
+        for up, blocks in zip(self.ups, self.res):
             x = up(nn.functional.leaky_relu(x, 0.1))
-            x = x + res(nn.functional.leaky_relu(x, 0.1))
+            if self.full:
+                x = sum(block(x) for block in blocks) / len(blocks)
+            else:
+                x = x + blocks[0](nn.functional.leaky_relu(x, 0.1))
         return torch.tanh(self.post(nn.functional.leaky_relu(x, 0.01)))
 
 
@@ -164,10 +186,18 @@ def hifigan_config() -> dict[str, Any]:
                           "upsample_rates": list(UPSAMPLE), "upsample_initial_channel": CHANNELS}}
 
 
+#: network sizes: the sample (fast, for tests and the demo) and one the size of NeMo's production voices' compute
+#: (FastPitch's hidden 384, six layers each side; HiFi-GAN V2's 128 channels and full residual blocks), for timing
+SIZES = {"sample": {"dim": 64, "layers": 3, "channels": CHANNELS, "full": False},
+         "production": {"dim": 384, "layers": 6, "channels": 128, "full": True}}
+
+
 def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes: bool = False, speakers: int = 1,
-                **write_kw: Any) -> tuple[Path, Path]:
+                size: str = "sample", **write_kw: Any) -> tuple[Path, Path]:
     """The sample voice: ``fastpitch.riva`` (graph, model config, nemo2riva's mapping.txt, the phone dictionary
-    for ``phonemes``; a ``speaker`` input for ``speakers`` > 1) and ``hifigan.riva``."""
+    for ``phonemes``; a ``speaker`` input for ``speakers`` > 1) and ``hifigan.riva``; ``size`` from
+    :data:`SIZES`."""
+    dims = SIZES[size]
     config = dict(ARPABET if phonemes else TOKENIZER)
     artifacts = []
     phone_file = None
@@ -180,10 +210,11 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
         phone_file = text
     tokenizer = _tokenizer(config, phone_file)
     torch.manual_seed(SEED)
-    fastpitch = SampleFastPitch(len(tokenizer.tokens), speakers=speakers)
+    fastpitch = SampleFastPitch(len(tokenizer.tokens), dim=dims["dim"], speakers=speakers, layers=dims["layers"])
     fastpitch.pad = tokenizer.pad
-    with torch.no_grad():
-        fastpitch.duration[1].bias.fill_(1.7)   # ≈ 4.5 frames a symbol: speech-like lengths from random weights
+    with torch.no_grad():  # about 7 frames a symbol (12 characters a second): speech-like lengths from random weights
+        fastpitch.duration[1].weight.mul_(0.2)
+        fastpitch.duration[1].bias.fill_(2.08)
     example: tuple = (torch.tensor([3, 4, 5, 6, 7, 8], dtype=torch.int64), torch.zeros(6), torch.ones(6),
                       torch.ones(6), torch.tensor([0, 2, 6], dtype=torch.int32))
     names = ["text", "pitch", "pace", "volume", "batch_lengths"]
@@ -200,7 +231,7 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
                       "pitch_predicted": {0: "batch", 1: "length"}, "volume_aligned": {0: "batch", 1: "frames"},
                       **axes})
     torch.manual_seed(SEED + 1)
-    hg_graph = _onnx(SampleHifiGan(), (torch.randn(1, N_MELS, 10),), ["spec"], ["audio"],
+    hg_graph = _onnx(SampleHifiGan(dims["channels"], dims["full"]), (torch.randn(1, N_MELS, 10),), ["spec"], ["audio"],
                      {"spec": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}})
     mapping = text_artifact("mapping.txt", "\n".join(tts_text.mapping_lines(tokenizer)), "mapping file")
     mapping.props.update(path_type="TAR_PATH", nemo_artifact=True)

@@ -287,6 +287,9 @@ def build(opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
         problems += bind_problems
         params, param_problems, option_files = _resolve_params(pipeline, by_slot, opts, overrides)
         problems += param_problems
+        family = FAMILIES.get(pipeline.family)
+        if not problems and family is not None:
+            problems += family.check_configs(pipeline, {slot: i.config for slot, i in by_slot.items()}, params)
         if problems:
             raise ValidationError(f"the inputs do not satisfy pipeline {pipeline.name}", problems,
                                   hint="fix the export (or its model_config.yaml) and run svc-build again")

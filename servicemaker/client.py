@@ -101,7 +101,10 @@ def _speech_inputs(module: Any, text: str, speaker: int | None, pace: float | No
 def synthesize(client: Any, model: str, text: str, *, speaker: int | None = None, pace: float | None = None,
                pitch_shift: float | None = None, protocol: str = "http") -> tuple[np.ndarray, int]:
     """``text`` through a speech_synthesis ensemble: its mono audio (float32 in [-1, 1]) and sample rate."""
-    result = client.infer(model, _speech_inputs(_module(protocol), text, speaker, pace, pitch_shift))
+    module = _module(protocol)
+    wanted = [module.InferRequestedOutput(name, binary_data=True) if protocol == "http" else
+              module.InferRequestedOutput(name) for name in ("AUDIO", "SAMPLE_RATE")]  # audio as bytes, not JSON
+    result = client.infer(model, _speech_inputs(module, text, speaker, pace, pitch_shift), outputs=wanted)
     return np.asarray(result.as_numpy("AUDIO"), dtype=np.float32).reshape(-1), int(
         np.asarray(result.as_numpy("SAMPLE_RATE")).reshape(-1)[0])
 

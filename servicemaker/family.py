@@ -9,6 +9,8 @@ tells them apart) — and never look at tokenizers, audio or labels themselves:
 - ``check_graph``: read the exported graph, check it fits the pipeline, return the signature Triton will see;
 - ``check_scanned_graph``: svc-build's early form of ``check_graph``: the same rules, applied to what a scan of
   the graph reads without loading its weights (:mod:`servicemaker.onnx_scan`: inputs, outputs, ...);
+- ``check_configs``: svc-build's check of the inputs' model configs against each other and the parameters (what
+  needs no graph, e.g. a speech-synthesis tokenizer servicemaker reproduces, sample rates that agree);
 - ``saved_state`` / ``restore_state``: what ``check_graph`` left in ``job.state`` that later steps read, as JSON
   kept in the compile cache's entry, and back: a deploy that finds its network compiled neither extracts nor loads
   the graph (``check_graph`` ran when the entry was made, on the same artifacts);
@@ -102,6 +104,12 @@ class Family:
         without loading it, does not fit ``pipeline`` — the rules of :meth:`check_graph` that need only the graph's
         interface (the rest, which need the weights or the staged files, wait for svc-deploy). Default: nothing to
         check."""
+
+    def check_configs(self, pipeline: Pipeline, configs: dict[str, Any], params: dict[str, dict[str, Any]]
+                      ) -> list[str]:
+        """At svc-build: every way the inputs' ``model_config.yaml`` (by input slot; None where unreadable) and the
+        resolved component parameters do not fit each other. Default: nothing to check."""
+        return []
 
     def saved_state(self, job: NetworkJob) -> dict[str, Any]:
         """After :meth:`check_graph`: the parts of ``job.state`` the steps after it read (``model_params``,

@@ -120,16 +120,22 @@ def test_order_and_count_of_inputs(sample, tmp_path):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("phone_set", "ipa", "--phone_set=ipa but the model's tokenizer uses none (characters)"),
-    ("num_speakers", "2", "--num_speakers=2 but the graph has no speaker input"),
     ("subvoices", "Female-1:0,Male-1:4", "--subvoices Male-1 has speaker id 4, but the model has 1 speaker(s)"),
     ("subvoices", "Female-1", "--subvoices item 'Female-1' is not NAME:ID"),
     ("sample_rate", "16000", "FastPitch was trained at 22050 Hz but the vocoder's sample rate is 16000 Hz"),
 ])
-def test_flags_that_do_not_fit_the_voice(sample, tmp_path, flag, value, message):
-    path = rmir(tmp_path, list(sample), **{flag: value})
+def test_flags_that_do_not_fit_the_voice_are_refused_at_build(sample, tmp_path, flag, value, message):
+    with pytest.raises(ValidationError) as err:
+        rmir(tmp_path, list(sample), **{flag: value})
+    assert message in err.value.violations, err.value.violations
+    assert not (tmp_path / "tts.rmir").exists()
+
+
+def test_speakers_the_graph_does_not_have_are_refused_at_deploy(sample, tmp_path):
+    path = rmir(tmp_path, list(sample), num_speakers="2")  # the graph is read at svc-deploy
     with pytest.raises(ValidationError) as err:
         deployed(tmp_path, path)
-    assert message in err.value.violations, err.value.violations
+    assert "--num_speakers=2 but the graph has no speaker input" in err.value.violations
     assert not (tmp_path / "repo").exists()
 
 
@@ -169,9 +175,19 @@ def test_an_unsupported_tokenizer_is_named(nemo, tmp_path):
                                             "GermanCharsTokenizer"
 
     with pytest.raises(ValidationError) as err:
-        deployed(tmp_path, rmir(tmp_path, [_fastpitch(tmp_path, config_edit=german), nemo[1]]))
-    assert "GermanCharsTokenizer is not one servicemaker reproduces" in str(err.value)
-    assert "--phone_dictionary_file" in err.value.hint
+        rmir(tmp_path, [_fastpitch(tmp_path, config_edit=german), nemo[1]])
+    assert "GermanCharsTokenizer is not one servicemaker reproduces" in err.value.violations[0]
+
+
+def test_a_phoneme_voice_without_a_dictionary_is_refused_at_build(nemo, tmp_path):
+    def arpabet(cfg):
+        cfg["text_tokenizer"] = {"_target_": "nemo.collections.common.tokenizers.text_to_speech.tts_tokenizers."
+                                             "EnglishPhonemesTokenizer", "g2p": {"phoneme_probability": 0.5}}
+
+    with pytest.raises(ValidationError) as err:
+        rmir(tmp_path, [_fastpitch(tmp_path, config_edit=arpabet), nemo[1]])
+    assert err.value.violations == ["EnglishPhonemesTokenizer needs a phone dictionary: the model config's "
+                                    "text_tokenizer.g2p.phoneme_dict names none; give --phone_dictionary_file"]
 
 
 def test_mel_bands_must_agree(nemo, tmp_path):
@@ -179,8 +195,8 @@ def test_mel_bands_must_agree(nemo, tmp_path):
         cfg["n_mel_channels"] = 40
 
     with pytest.raises(ValidationError) as err:
-        deployed(tmp_path, rmir(tmp_path, [_fastpitch(tmp_path, config_edit=forty), nemo[1]]))
-    assert "FastPitch makes 40 mel bands but the vocoder takes 80" in err.value.violations
+        rmir(tmp_path, [_fastpitch(tmp_path, config_edit=forty), nemo[1]])
+    assert "FastPitch makes 40 mel bands but the vocoder was trained on 80" in err.value.violations
 
 
 def test_a_graph_that_is_not_fastpitch_is_refused_at_build(nemo, tmp_path):
@@ -232,3 +248,22 @@ def test_fused_layout_is_refused(nemo, tmp_path):
         deployed(tmp_path, rmir(tmp_path, list(nemo)), serving="fused")
     assert "--serving=fused cannot serve fastpitch_hifigan_ensemble-English-US" in str(err.value)
     assert err.value.hint == "deploy this RMIR with --serving=ensemble"
+
+
+def test_encrypted_exports_and_rmir(tmp_path):
+    """Both exports encrypted (servicemaker's AES-GCM, as an export with a key), an encrypted RMIR: the voice
+    deploys with the key, and a wrong key is named before anything is written."""
+    from servicemaker.errors import WrongKeyError
+    from servicemaker.keys import Secret
+
+    fp, hg = tts_exports(tmp_path / "fp.riva", tmp_path / "hg.riva", key="tlt_encode")
+    out = tmp_path / "tts.rmir"
+    key = Secret("rmir-key")
+    build(BuildOptions(pipeline="speech_synthesis", output=ArchiveArg(out, key),
+                       inputs=[ArchiveArg(fp, Secret("tlt_encode")), ArchiveArg(hg, Secret("tlt_encode"))]))
+    with pytest.raises(WrongKeyError):
+        deploy(DeployOptions(rmirs=[ArchiveArg(out, Secret("wrong"))], repo=tmp_path / "bad",
+                             target="onnxruntime-python"))
+    assert not (tmp_path / "bad").exists()
+    deploy(DeployOptions(rmirs=[ArchiveArg(out, key)], repo=tmp_path / "repo", target="onnxruntime-python"))
+    assert (tmp_path / "repo" / f"riva-onnx-hifigan-{VOICE}" / "1" / "model.onnx").is_file()

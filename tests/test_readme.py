@@ -35,6 +35,9 @@ def test_make_demo(tmp_path):
     tail = result.stdout[result.stdout.index("spoken: "):]
     heard, _ = json.JSONDecoder().raw_decode(tail[tail.index("{\n"):])
     assert heard["asr-offline"]["TRANSCRIPT"].split() == spoken.split()
+    said, _ = json.JSONDecoder().raw_decode(tail[tail.index('{\n  "model": "fastpitch'):])
+    assert said["model"] == "fastpitch_hifigan_ensemble-English-US" and said["audio_seconds"] > 1.0
+    assert (tmp_path / "speech_synthesis.wav").stat().st_size == 44 + 2 * said["samples"]
     rmir = tmp_path / "text_classification.rmir"
     doc = json.loads(subprocess.run([str(venv / "bin" / "svc-inspect"), str(rmir), "--json", "--verify"],
                                     capture_output=True, text=True, check=True).stdout)

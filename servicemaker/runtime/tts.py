@@ -22,12 +22,15 @@ Conventions:
   ``overlap_frames`` frames of context either side that are cut from its audio: chunks meet within a small
   error of the whole sentence's audio (docs/tts.md), and every sentence keeps its exact length.
 - Streaming sends, in rounds over the open requests, each one's next chunk: the first chunk needs only the first
-  sentence's spectrogram. Every request ends with a final response; a failed request gets its error alone.
+  sentence's spectrogram and is ``chunk_frames`` long; the chunks after it double up to ``max_chunk_frames`` (the
+  first sentence's from ``chunk_frames``, the others' from the start), since each costs its context twice. Every
+  request ends with a final response; a failed request gets its error alone.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,6 +56,7 @@ PITCH_RANGE = (-3.0, 3.0)
 DEFAULTS = {"max_text_chars": "10000", "max_sentence_chars": "400", "num_speakers": "1", "subvoices": "",
             "text_normalization": "auto", "speaker_input": "false", "overlap_frames": "16", "chunk_frames": "32",
             "max_vocoder_frames": "2048", "generator_max_batch": "8", "vocoder_max_batch": "8",
+            "max_chunk_frames": "256",
             "spectrogram_layout": "ragged", "hop_length": "256", "sample_rate": "22050", "sentence_batching": "single",
             "symbol_pad": "0"}
 
@@ -178,15 +182,17 @@ def sentences_of(request: int, inputs: Arrays) -> List[Sentence]:
             if lengths[i] > 0]
 
 
-def windows(frames: int, chunk: int, overlap: int) -> List[Tuple[int, int, int, int]]:
+def windows(frames: int, chunk: int, overlap: int, largest: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
     """(start, end, context start, context end) of each chunk of a ``frames``-frame spectrogram: chunks of
-    ``chunk`` frames, each vocoded with up to ``overlap`` frames of context either side."""
+    ``chunk`` frames (doubling up to ``largest`` from one chunk to the next, when given), each vocoded with up to
+    ``overlap`` frames of context either side."""
     if frames <= chunk:
         return [(0, frames, 0, frames)]
-    out = []
-    for start in range(0, frames, chunk):
-        end = min(frames, start + chunk)
+    out, start, size = [], 0, chunk
+    while start < frames:
+        end = min(frames, start + size)
         out.append((start, end, max(0, start - overlap), min(frames, end + overlap)))
+        start, size = end, min(size * 2, largest) if largest else size
     return out
 
 
@@ -359,64 +365,106 @@ class TtsSynthesize(Handler):
 
 
 class _Stream:
-    """One streaming request: its sentences, the one being vocoded and its chunks left."""
+    """One streaming request: where its answers go, its sentences, the one being vocoded and its chunks left."""
 
-    def __init__(self, index: int, sentences: List[Sentence]) -> None:
-        self.index, self.sentences = index, sentences
+    def __init__(self, index: int, sentences: List[Sentence], send: Callable[[int, Result, bool], None]) -> None:
+        self.index, self.sentences, self.send = index, sentences, send
+        self.first = sentences  # the list object while the first sentence is vocoded
         self.parts: List[Tuple[int, int, int, int]] = []
 
     @property
     def current(self) -> Sentence:
         return self.sentences[0]
 
+    def answer(self, result: Result, final: bool) -> None:
+        self.send(self.index, result, final)
+
 
 class TtsSynthesizeStream(TtsSynthesize):
-    """Decoupled: each request's audio as chunks, in rounds over the open requests (see the module's doc)."""
+    """Decoupled: each request's audio as chunks, in rounds over the open requests (see the module's doc). In
+    Triton (``stream_batch(..., wait=False)``) the rounds run in a thread of the handler and new requests join the
+    next round, so a request arriving while others stream waits one round for its first chunk, not their end."""
 
     DECOUPLED = True
+    #: the glue may hand requests over and return: they join the rounds of the handler's own thread
+    CONCURRENT = True
 
     def __init__(self, folder: str, params: Dict[str, str]) -> None:
         super().__init__(folder, params)
         self.chunk = int(param(params, "chunk_frames"))
+        self.largest = max(self.chunk, int(param(params, "max_chunk_frames")))
+        self._lock = threading.Lock()
+        self._pending: List[_Stream] = []
+        self._worker: Optional[threading.Thread] = None
 
-    def stream_batch(self, requests: List[Arrays], send: Callable[[int, Result, bool], None]) -> None:
+    def stream_batch(self, requests: List[Arrays], send: Callable[[int, Result, bool], None],
+                     wait: bool = True) -> None:
+        """Answer ``requests`` through ``send``: before returning (``wait``), or from the rounds thread."""
         results, parsed = self._parse(requests)
-        open_: List[_Stream] = []
+        streams: List[_Stream] = []
         for k, sentences in enumerate(parsed):
             if results[k] is not None:
                 send(k, results[k], True)
             elif not sentences:
                 send(k, self.synthesis.audio(np.zeros(0, np.float32)), True)
             else:
-                open_.append(_Stream(k, sentences))
-        while open_:
-            need = [st for st in open_ if st.current.spect is None]
-            failed = set()
-            for st, err in zip(need, self.synthesis.spectrograms([st.current for st in need])):
-                if err is not None:
-                    send(st.index, err, True)
-                    failed.add(st.index)
-                else:
-                    st.parts = windows(st.current.spect.shape[1], self.chunk, self.synthesis.overlap)
-            open_ = [st for st in open_ if st.index not in failed]
-            jobs = [self.synthesis.window_jobs(st.current.spect, st.parts[:1])[0] for st in open_]
-            answers = self.synthesis.vocode([j for j in jobs if j[0].shape[1]])  # a 0-frame sentence has no audio
-            it = iter(answers)
-            still = []
-            for st, job in zip(open_, jobs):
-                answer = next(it) if job[0].shape[1] else {"audio": np.zeros(0, np.float32)}
-                if isinstance(answer, Exception):
-                    send(st.index, answer, True)
-                    continue
-                st.parts = st.parts[1:]
-                if not st.parts:
-                    st.sentences = st.sentences[1:]
-                last = not st.sentences
-                if answer["audio"].size or last:
-                    send(st.index, self.synthesis.audio(answer["audio"]), last)
-                if not last:
-                    still.append(st)
-            open_ = still
+                streams.append(_Stream(k, sentences, send))
+        if wait:
+            while streams:
+                streams = self._round(streams)
+            return
+        with self._lock:
+            self._pending.extend(streams)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="tts-stream-rounds", daemon=True)
+                self._worker.start()
+
+    def _serve(self) -> None:
+        """Rounds until no stream is open or waiting; a round that fails as a whole ends its streams with the error."""
+        open_: List[_Stream] = []
+        while True:
+            with self._lock:
+                open_ += self._pending
+                self._pending = []
+                if not open_:
+                    self._worker = None
+                    return
+            try:
+                open_ = self._round(open_)
+            except Exception as err:  # noqa: BLE001 - every open request gets the error, the thread goes on
+                for st in open_:
+                    st.answer(common.detached(RuntimeError(f"synthesis failed: {_short(err)}")), True)
+                open_ = []
+
+    def _round(self, open_: List[_Stream]) -> List[_Stream]:
+        """FastPitch for every stream's next sentence not made yet, then one chunk of each: the streams left."""
+        need = [st for st in open_ if st.current.spect is None]
+        failed = set()
+        for st, err in zip(need, self.synthesis.spectrograms([st.current for st in need])):
+            if err is not None:
+                st.answer(err, True)
+                failed.add(id(st))
+            else:
+                first = self.chunk if st.sentences is st.first else self.largest
+                st.parts = windows(st.current.spect.shape[1], first, self.synthesis.overlap, self.largest)
+        open_ = [st for st in open_ if id(st) not in failed]
+        jobs = [self.synthesis.window_jobs(st.current.spect, st.parts[:1])[0] for st in open_]
+        answers = iter(self.synthesis.vocode([j for j in jobs if j[0].shape[1]]))  # a 0-frame sentence: no audio
+        still = []
+        for st, job in zip(open_, jobs):
+            answer = next(answers) if job[0].shape[1] else {"audio": np.zeros(0, np.float32)}
+            if isinstance(answer, Exception):
+                st.answer(answer, True)
+                continue
+            st.parts = st.parts[1:]
+            if not st.parts:
+                st.sentences = st.sentences[1:]
+            last = not st.sentences
+            if answer["audio"].size or last:
+                st.answer(self.synthesis.audio(answer["audio"]), last)
+            if not last:
+                still.append(st)
+        return still
 
     def batch(self, requests: List[Arrays]) -> List[Result]:  # pragma: no cover - decoupled models stream
         raise RuntimeError("the streaming synthesizer answers with stream_batch")

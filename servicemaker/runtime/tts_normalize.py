@@ -14,11 +14,11 @@ svc-deploy copies this file into the TTS preprocessor's model folder as ``svc_tt
   3. times: ``10:30 am`` → "ten thirty AM", ``9 pm``, ``10:05`` → "ten oh five", ``10:00`` → "ten o'clock";
   4. dates: ``12/25/1990`` (month first) and ``Jan. 3, 2024`` / ``January 3rd`` → "january third, twenty twenty
      four";
-  5. percentages, measures (kg, g, mg, km, m after a number only with a unit word list below, cm, mm, mi, mph,
-     km/h, lb, oz, ml, °C, °F), ordinals (``21st``), years (a lone 1100–2099: "nineteen ninety", "two thousand
-     one"), decimals (``3.14`` → "three point one four"; ``2.0.1`` → "two point zero point one"), grouped numbers (``1,000,000``), negative numbers, then
-     every other run of digits as a cardinal (``221B`` → "two hundred twenty one B"; more than 15 digits are read
-     one by one);
+  5. percentages, measures after a number (kg, g, mg, km, cm, mm, mi, mph, km/h, lb, oz, ml, °C, °F), ordinals
+     (``21st``), years (a lone 1100–2099: "nineteen ninety", "two thousand one"), decimals (``3.14`` → "three
+     point one four"; ``2.0.1`` → "two point zero point one"), grouped numbers (``1,000,000``), negative numbers,
+     then every other run of digits as a cardinal (``221B`` → "two hundred twenty one B"; more than 15 digits are
+     read one by one);
   6. ``&`` → "and", ``+`` → "plus", ``@`` → "at"; whitespace collapsed.
 
 - :class:`Wfst`: Riva's and NeMo's WFST grammars (``--wfst_tokenizer_model`` / ``--wfst_verbalizer_model``: FAR

@@ -13,6 +13,8 @@ protocol). Only the packages in the repository's requirements.txt are needed.
   (``handler.network``, the only one) or the two networks of speech synthesis (``handler.networks[role]``).
 - Decoupled models (handlers with ``DECOUPLED = True``) answer each request with a stream of responses:
   ``stream_batch`` calls ``send(i, outputs or error, final)`` as results are ready; every request gets a final one.
+  A ``CONCURRENT`` handler takes the requests and answers them from a thread of its own (``wait=False``), so
+  ``execute`` returns and later requests join the ones still streaming.
 """
 
 import json
@@ -98,14 +100,20 @@ class TritonPythonModel:
             if flags:
                 done.add(i)
 
+        # a CONCURRENT handler answers from its own thread (requests arriving meanwhile join it): execute returns
+        concurrent = getattr(self.handler, "CONCURRENT", False)
         try:
-            self.handler.stream_batch([a for _, a in arrays], send)
+            if concurrent:
+                self.handler.stream_batch([a for _, a in arrays], send, wait=False)
+            else:
+                self.handler.stream_batch([a for _, a in arrays], send)
         except Exception as err:  # noqa: BLE001 - a handler failing as a whole fails its open requests
             for k in range(len(arrays)):
                 send(k, err, True)
-        for k in range(len(arrays)):  # every request ends with a final response
-            if index[k] not in done:
-                send(k, RuntimeError("the handler ended the stream without a final response"), True)
+        if not concurrent:
+            for k in range(len(arrays)):  # every request ends with a final response
+                if index[k] not in done:
+                    send(k, RuntimeError("the handler ended the stream without a final response"), True)
         return None
 
     def _response(self, result):
