@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from servicemaker.errors import ValidationError
-from servicemaker.family import Family, NetworkJob, SampleFeeds, network_models
+from servicemaker.family import Family, NetworkJob, SampleFeeds, network_models, refuse
 from servicemaker.onnx_scan import GraphScan
 from servicemaker.pipeline import Bind, Component, Param, Pipeline, Tensor, network_params, serving_params
 
@@ -311,10 +311,8 @@ class AsrFamily(Family):
 
 
 def _refuse(where: str, pipeline: str, problems: list[str]) -> None:
-    if problems:
-        raise ValidationError(f"{where} does not fit pipeline {pipeline}", problems,
-                              hint="export the CTC model with NeMo (nemo2riva) and keep the preprocessor settings it "
-                                   "was trained with")
+    refuse(where, pipeline, problems, "export the CTC model with NeMo (nemo2riva) and keep the preprocessor "
+                                      "settings it was trained with")
 
 
 FAMILY = AsrFamily()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from servicemaker.errors import ValidationError
-from servicemaker.family import Family, NetworkJob, SampleFeeds
+from servicemaker.family import Family, NetworkJob, SampleFeeds, refuse
 from servicemaker.onnx_scan import GraphScan, check_fits
 from servicemaker.pipeline import (Bind, Component, Param, Pipeline, Step, Tensor, network_params, serving_params,
                                    tokenizer_params)
@@ -238,9 +238,7 @@ def _interface_problems(pipeline: Pipeline, steps: tuple[Step, ...], sig: Any, w
 
 
 def _refuse(where: str, pipeline: str, problems: list[str]) -> None:
-    if problems:
-        raise ValidationError(f"{where} does not fit pipeline {pipeline}", problems,
-                              hint="export the model with the inputs/outputs docs/deploy.md lists")
+    refuse(where, pipeline, problems, "export the model with the inputs/outputs docs/deploy.md lists")
 
 
 def _handler_class(pipeline: Pipeline, component: str) -> Any:

@@ -142,7 +142,7 @@ def export_onnx(model: nn.Module, outputs: tuple[str, ...], seq: int = 16) -> by
     sample = sample if isinstance(sample, tuple) else (sample,)
     for name, value in zip(outputs, sample):
         axes[name] = {0: "batch", 1: "seq"} if value.dim() == 3 else {0: "batch"}
-    return _export_simple(model, args, list(INPUTS), list(outputs), axes)
+    return export_traced(model, args, list(INPUTS), list(outputs), axes)
 
 
 # --- MiniLM ------------------------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class TinyCTC(nn.Module):
         return torch.log_softmax(x.transpose(1, 2), dim=-1)
 
 
-def _export_simple(model: nn.Module, args: tuple, inputs: list[str], outputs: list[str],
+def export_traced(model: nn.Module, args: tuple, inputs: list[str], outputs: list[str],
                    axes: dict[str, dict[int, str]]) -> bytes:
     """ONNX bytes from torch's TorchScript-based exporter at opset 17 (its tracer warnings silenced)."""
     buf = io.BytesIO()
@@ -254,7 +254,7 @@ def _config_artifact(config: dict[str, Any]) -> Artifact:
 def tiny_asr_export(out: str | Path, **write_kw: Any) -> Path:
     torch.manual_seed(SEED)
     features = 16
-    graph = _export_simple(TinyCTC(features, len(ASR_VOCAB)), (torch.randn(1, features, 20), torch.tensor([20])),
+    graph = export_traced(TinyCTC(features, len(ASR_VOCAB)), (torch.randn(1, features, 20), torch.tensor([20])),
                            ["audio_signal", "length"], ["logprobs"],
                            {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
                             "logprobs": {0: "batch", 1: "time"}})

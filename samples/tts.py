@@ -19,8 +19,6 @@ NeMo's ``EnglishPhonemesTokenizer`` (ARPAbet, with a CMUdict-format dictionary i
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from torch import nn
 
 from servicemaker.runtime import tts_text
 from servicemaker.samples.export import binary_artifact, nemo_name, text_artifact, write_export
+from servicemaker.samples.models import export_traced
 
 SEED = 20261207
 SAMPLE_RATE = 22050
@@ -157,16 +156,6 @@ class SampleHifiGan(nn.Module):
         return torch.tanh(self.post(nn.functional.leaky_relu(x, 0.01)))
 
 
-def _onnx(model: nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]
-          ) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), args, buf, input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
-    return buf.getvalue()
-
-
 def fastpitch_config(tokenizer: dict[str, Any], speakers: int = 1) -> dict[str, Any]:
     """The model_config.yaml of the sample FastPitch, in NeMo's layout (as nemo2riva writes it)."""
     return {"sample_rate": SAMPLE_RATE, "n_mel_channels": N_MELS, "n_window_size": 1024, "n_window_stride": HOP,
@@ -221,7 +210,7 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
     axes = {"speaker": {0: "batch"}} if speakers > 1 else {}
     if speakers > 1:
         example, names = example + (torch.tensor([0, 1], dtype=torch.int64),), names + ["speaker"]
-    fp_graph = _onnx(fastpitch, example, names,
+    fp_graph = export_traced(fastpitch, example, names,
                      ["spect", "num_frames", "durs_predicted", "log_durs_predicted", "pitch_predicted",
                       "volume_aligned"],
                      {"text": {0: "symbols"}, "pitch": {0: "symbols"}, "pace": {0: "symbols"},
@@ -231,7 +220,7 @@ def tts_exports(fastpitch_out: str | Path, hifigan_out: str | Path, *, phonemes:
                       "pitch_predicted": {0: "batch", 1: "length"}, "volume_aligned": {0: "batch", 1: "frames"},
                       **axes})
     torch.manual_seed(SEED + 1)
-    hg_graph = _onnx(SampleHifiGan(dims["channels"], dims["full"]), (torch.randn(1, N_MELS, 10),), ["spec"], ["audio"],
+    hg_graph = export_traced(SampleHifiGan(dims["channels"], dims["full"]), (torch.randn(1, N_MELS, 10),), ["spec"], ["audio"],
                      {"spec": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}})
     mapping = text_artifact("mapping.txt", "\n".join(tts_text.mapping_lines(tokenizer)), "mapping file")
     mapping.props.update(path_type="TAR_PATH", nemo_artifact=True)

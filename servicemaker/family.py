@@ -74,6 +74,14 @@ def network_models(networks: dict[str, tuple[str, tuple[str, ...], bool]]) -> st
                        for role, (name, outputs, batched) in networks.items()}, sort_keys=True)
 
 
+def refuse(where: str, pipeline: str, problems: list[str], hint: str) -> None:
+    """Raise the ValidationError of a graph (``where``) that does not fit ``pipeline``, naming every problem."""
+    if problems:
+        from servicemaker.errors import ValidationError
+
+        raise ValidationError(f"{where} does not fit pipeline {pipeline}", problems, hint=hint)
+
+
 @dataclass
 class SampleFeeds:
     calibration: list[Feeds]

@@ -28,7 +28,7 @@ def export(path: Path, *, graph_features: int = 16, config_features: int = 16, v
     """A tiny char CTC export whose graph and config can disagree."""
     torch.manual_seed(0)
     net = models.TinyCTC(graph_features, len(models.ASR_VOCAB))
-    graph = models._export_simple(net, (torch.randn(1, graph_features, 20), torch.tensor([20])),
+    graph = models.export_traced(net, (torch.randn(1, graph_features, 20), torch.tensor([20])),
                                   ["audio_signal", "length"], ["logprobs"],
                                   {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
                                    "logprobs": {0: "batch", 1: "time"}})

@@ -133,6 +133,26 @@ def read_lines(path: str, encoding: str = "latin-1") -> List[str]:
 
 # --- G2P ---------------------------------------------------------------------------------------------------------------
 
+def _phonemize(words: List[Tuple[List[str], bool]], word: Callable[[str], Tuple[List[str], bool]], prefix: str
+               ) -> List[str]:
+    """Both NeMo G2Ps' loop: unchanged spans as they are (``prefix`` before each), every other word through
+    ``word``; a word it did not handle that has hyphens, part by part, the hyphens kept."""
+    out: List[str] = []
+    for pieces, unchanged in words:
+        if unchanged:
+            out.extend(f"{prefix}{p}" for p in pieces)
+            continue
+        pron, handled = word(pieces[0])
+        if not handled and "-" in pieces[0]:
+            pron = []
+            for part in pieces[0].split("-"):
+                pron.extend(word(part)[0])
+                pron.append("-")
+            pron.pop()
+        out.extend(pron)
+    return out
+
+
 class ArpabetG2p:
     """NeMo's EnglishG2p at inference (every word it can phonemize is phonemized)."""
 
@@ -162,21 +182,7 @@ class ArpabetG2p:
         return list(word), False
 
     def __call__(self, text: str) -> List[str]:
-        out: List[str] = []
-        for pieces, unchanged in english_words(text):
-            if unchanged:
-                out.extend(pieces)
-                continue
-            word = pieces[0]
-            pron, handled = self.word(word)
-            if not handled and "-" in word:
-                pron = []
-                for part in word.split("-"):
-                    pron.extend(self.word(part)[0])
-                    pron.append("-")
-                pron.pop()
-            out.extend(pron)
-        return out
+        return _phonemize(english_words(text), self.word, "")
 
 
 class IpaG2p:
@@ -247,21 +253,7 @@ class IpaG2p:
         return self._graphemes(word), False
 
     def __call__(self, text: str) -> List[str]:
-        out: List[str] = []
-        for pieces, unchanged in english_words(nfc(text)):
-            if unchanged:
-                out.extend(f"{self.prefix}{p}" for p in pieces)
-                continue
-            word = pieces[0]
-            pron, handled = self.word(word)
-            if not handled and "-" in word:
-                pron = []
-                for part in word.split("-"):
-                    pron.extend(self.word(part)[0])
-                    pron.append("-")
-                pron.pop()
-            out.extend(pron)
-        return out
+        return _phonemize(english_words(nfc(text)), self.word, self.prefix)
 
 
 # --- tokenizers ------------------------------------------------------------------------------------------------------
