@@ -182,7 +182,6 @@ class TtsFamily(Family):
         from servicemaker.speech import synthesis, tts_feeds
 
         info = job.state["interface"]
-        job.state.setdefault("pad_id", info["pad_id"])
         report: dict[str, Any] = {}
         if info.get("unragged"):
             if not synthesis.unragged(folded):
@@ -193,7 +192,7 @@ class TtsFamily(Family):
                                   "engine takes the padded [batch, symbols] batch it made")
         masked = synthesis.mask_padding(folded)
         sentences = [r for r in (self._tokenizer(job).encode(t) for t in tts_feeds.LEAK_PROBE) if r]
-        info["sentence_batching"] = tts_feeds.measure_batching(folded, sentences, info, job.state["pad_id"])
+        info["sentence_batching"] = tts_feeds.measure_batching(folded, sentences, info, info["pad_id"])
         job.state["report"] = {**report, "padding_leak": {**masked, "sentence_batching": info["sentence_batching"]}}
         return folded
 
@@ -321,6 +320,12 @@ class TtsFamily(Family):
         return job.state[key]
 
     def _tokenizer(self, job: NetworkJob) -> Any:
+        """The voice's tokenizer over the staged files, made once per deploy (its dictionary read once)."""
+        if "tokenizer" not in job.state:
+            job.state["tokenizer"] = self._make_tokenizer(job)
+        return job.state["tokenizer"]
+
+    def _make_tokenizer(self, job: NetworkJob) -> Any:
         from servicemaker.runtime import tts_text
 
         files = job.files.get("preprocessor", {})
@@ -342,7 +347,7 @@ class TtsFamily(Family):
 
         problems: list[str] = []
         tokenizer = self._tokenizer(job)
-        job.state["pad_id"] = info["pad_id"] = tokenizer.pad
+        info["pad_id"] = tokenizer.pad
         rows = synthesis.embedding_rows(model)
         if rows is not None and rows != len(tokenizer.tokens):
             problems.append(f"the text tokenizer has {len(tokenizer.tokens)} symbols but FastPitch's embedding has "

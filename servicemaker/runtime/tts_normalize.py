@@ -89,17 +89,26 @@ def _words(text: str) -> str:
     return " ".join(w for w in text.split() if w != "and")
 
 
+class Abbreviations:
+    """Whole-word abbreviations (as written) replaced by their expansions, longer ones first ("Mrs." is not "Mr."
+    and "s.")."""
+
+    def __init__(self, table: Dict[str, str]) -> None:
+        self.table = dict(table)
+        keys = sorted(self.table, key=len, reverse=True)
+        self._pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w])") \
+            if keys else None
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(lambda m: self.table[m.group(1)], text) if self._pattern else text
+
+
 class Builtin:
     """servicemaker's English rules (see the module's doc)."""
 
     def __init__(self, abbreviations: Optional[Dict[str, str]] = None) -> None:
         self.spell = _spell()
-        table = dict(ABBREVIATIONS)
-        table.update(abbreviations or {})
-        # longer abbreviations first, so "Mrs." is not read as "Mr." + "s."
-        keys = sorted(table, key=len, reverse=True)
-        self.abbreviations = table
-        self._abbr = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w])") if keys else None
+        self.abbreviations = Abbreviations({**ABBREVIATIONS, **(abbreviations or {})})
         self._rules: List[Tuple[re.Pattern, Callable[[re.Match], str]]] = [
             (re.compile(r"([$€£¥])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?:\s?(thousand|million|billion|"
                         r"trillion)\b)?"), self._money),
@@ -126,8 +135,7 @@ class Builtin:
         ]
 
     def __call__(self, text: str) -> str:
-        if self._abbr is not None:
-            text = self._abbr.sub(lambda m: self.abbreviations[m.group(1)], text)
+        text = self.abbreviations(text)
         for pattern, replace in self._rules:
             text = pattern.sub(replace, text)
         text = re.sub(r"[ \t]+", " ", text)
@@ -449,9 +457,8 @@ def create(kind: str, abbreviations: Optional[Dict[str, str]] = None, classify: 
         wfst = Wfst(classify, verbalize)
         if not abbreviations:
             return wfst
-        table = Builtin(abbreviations)  # the abbreviations file still applies, before the grammars
-        return lambda text: wfst(table._abbr.sub(lambda m: table.abbreviations[m.group(1)], text)
-                                 if table._abbr else text)
+        expand = Abbreviations(abbreviations)  # the abbreviations file applies before the grammars
+        return lambda text: wfst(expand(text))
     if kind != "builtin":
         raise NormalizerError(f"unknown text normalization {kind!r}")
     return Builtin(abbreviations)

@@ -281,15 +281,12 @@ class Tokenizer:
         self.punct, self.punct_list = punct, tuple(punct_list)
         self.pad_with_space = pad_with_space
         self.space = self.ids[" "]
-        #: symbols the last encode() skipped (not in the table): the caller may report them
-        self.skipped: List[str] = []
 
     def symbols(self, text: str) -> List[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _ids(self, items: Iterable[str], keep: Callable[[str], bool]) -> List[int]:
         out: List[str] = []
-        self.skipped = []
         for item in items:  # NeMo's branch order: IPA tables hold the space, so there every space is kept
             if item == " " and out and out[-1] != " ":
                 out.append(item)
@@ -297,8 +294,6 @@ class Tokenizer:
                 out.append(item)
             elif self.punct and item in self.punct_list:
                 out.append(item)
-            elif item != " ":
-                self.skipped.append(item)
         while out and out[-1] == " ":
             out.pop()
         if self.pad_with_space:
